@@ -1,0 +1,3 @@
+from scfm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""The distillation config: every knob of SCFM with the spec's default and a one-line doc."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from scfm.objective.plans import PlanConfig
+from scfm.weights.lora import LoraSpec
+
+FINAL_WEIGHTS = ("slow_ema", "fast_ema", "student")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+@dataclass
+class DistillConfig:
+    """Defaults are the official Flux.1-dev settings (SCFM_SPEC.md) unless a preset says otherwise."""
+
+    # optimisation
+    max_steps: int = 1000
+    """Optimizer steps."""
+    lr: float = 2e-5
+    """AdamW learning rate (constant after warm-up)."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on the LoRA tensors."""
+    grad_clip: float = 10.0
+    """Gradient-norm clip (spec: 10 for Flux, 2 for SD3); 0 turns it off."""
+    batch_size: int = 8
+    """Batch size for data the package builds (built-in datasets, caches)."""
+    # LoRA
+    lora_rank: int = 64
+    lora_alpha: float = 64.0
+    lora_targets: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2", "adaLN")
+    """Module-name suffixes of the Linear layers that get a LoRA (or one regex starting with '^')."""
+    lora_dropout: float = 0.0
+    # shortcut plans
+    t_skip: int = 2
+    """Sub-steps per shortcut jump (even)."""
+    teacher_ratio: float = 0.4
+    """Probability of the teacher branch for a shortcut sample (paper's k/N)."""
+    teacher_min: int = 32
+    teacher_max: int = 32
+    """Teacher fine-grid size range (steps of t_skip)."""
+    self_grids: tuple[int, ...] | None = None
+    """Self-branch coarse grids; None = powers of two from t_skip below teacher_min."""
+    fm_ratio: float = 0.0
+    """Fraction of each batch trained with the plain flow-matching target (official non_shortcut_ratio)."""
+    shift_min: float = 2.5
+    shift_max: float = 4.5
+    """Fixed training shift s ~ U[shift_min, shift_max]; 1, 1 means no shift."""
+    resolution_shift_prob: float = 0.1
+    """Probability of the resolution shift (needs a token count from the adapter)."""
+    # EMAs
+    fast_decay: float = 0.99
+    slow_decay: float = 0.999
+    ema_restart_every: int = 0
+    """Reset both EMAs to the student every K steps; 0 = never."""
+    final_weights: str = "slow_ema"
+    """Which LoRA the returned model carries: 'slow_ema', 'fast_ema' or 'student'."""
+    # run
+    seed: int = 0
+    device: str = "auto"
+    """'auto' (the teacher's device), 'cpu', 'cuda', 'cuda:1', ..."""
+    mixed_precision: str = "no"
+    """'no', 'bf16' or 'fp16' autocast for forward passes; LoRA master weights stay fp32."""
+    log_every: int = 10
+    """Steps between history records."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form fields kept with the run (presets, notes)."""
+
+    def plan_config(self) -> PlanConfig:
+        return PlanConfig(
+            t_skip=self.t_skip,
+            teacher_ratio=self.teacher_ratio,
+            teacher_min=self.teacher_min,
+            teacher_max=self.teacher_max,
+            self_grids=tuple(self.self_grids) if self.self_grids is not None else None,
+            fm_ratio=self.fm_ratio,
+            shift_range=(self.shift_min, self.shift_max),
+            resolution_shift_prob=self.resolution_shift_prob,
+        )
+
+    def lora_spec(self) -> LoraSpec:
+        return LoraSpec(targets=tuple(self.lora_targets), rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout)
+
+    def validate(self) -> "DistillConfig":
+        """Raise ``ValueError`` naming the field, the bad value and the allowed range."""
+        positive = ("max_steps", "batch_size", "lora_rank", "log_every")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        nonneg = ("warmup_steps", "ema_restart_every", "seed")
+        for name in nonneg:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}={value!r} must be an integer >= 0")
+        for name in ("lr", "lora_alpha"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be > 0")
+        for name in ("weight_decay", "grad_clip"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout={self.lora_dropout!r} must lie in [0, 1)")
+        for name in ("fast_decay", "slow_decay"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must lie in [0, 1)")
+        if self.final_weights not in FINAL_WEIGHTS:
+            raise ValueError(f"final_weights={self.final_weights!r} must be one of {FINAL_WEIGHTS}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision={self.mixed_precision!r} must be one of {MIXED_PRECISION}")
+        if not self.lora_targets:
+            raise ValueError("lora_targets=() is empty: name at least one Linear module suffix")
+        self.plan_config().validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "DistillConfig":
+        """Build from a dict; unknown keys raise ``ValueError`` listing the valid ones."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}; valid fields: {sorted(names)}")
+        values = dict(values)
+        for key in ("lora_targets", "self_grids"):
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
+        return cls(**values)

@@ -1,0 +1,71 @@
+"""One SCFM training step on one base model: plans, targets, student loss, EMA update."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from scfm.objective.flow import interpolate
+from scfm.objective.loss import ShortcutLoss, consistency_residual, scfm_loss
+from scfm.objective.plans import PlanConfig, draw_plan
+from scfm.objective.targets import VelocitySources, shortcut_target
+from scfm.weights.ema import FastSlowEMA
+from scfm.weights.switch import WeightSwitch
+
+
+@dataclass
+class StepOutput:
+    loss: ShortcutLoss
+    residual: torch.Tensor
+    batch_size: int
+
+
+def autocast_context(device: torch.device, mixed_precision: str):
+    """bf16/fp16 autocast for forward passes on ``device``; a no-op for 'no'."""
+    if mixed_precision == "no":
+        return nullcontext()
+    dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class ShortcutStep:
+    """Computes the SCFM loss for a batch with the student, both EMAs and the teacher
+    (LoRA off) of one model. ``params`` are the live LoRA parameters."""
+
+    def __init__(self, model: nn.Module, params: list[nn.Parameter], ema: FastSlowEMA, plan_cfg: PlanConfig, mixed_precision: str = "no") -> None:
+        self.model, self.params, self.ema, self.plan_cfg = model, params, ema, plan_cfg
+        self.switch = WeightSwitch(model, params)
+        self.mixed_precision = mixed_precision
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
+        with autocast_context(x.device, self.mixed_precision):
+            return self.model(x, t, **cond).float()
+
+    def _teacher(self, x, t, cond):
+        with self.switch.teacher():
+            return self._forward(x, t, cond)
+
+    def _fast(self, x, t, cond):
+        with self.switch.use(self.ema.fast):
+            return self._forward(x, t, cond)
+
+    def _slow(self, x, t, cond):
+        with self.switch.use(self.ema.slow):
+            return self._forward(x, t, cond)
+
+    def sources(self) -> VelocitySources:
+        return VelocitySources(teacher=self._teacher, fast=self._fast, slow=self._slow)
+
+    def loss(self, x0: torch.Tensor, cond: dict[str, Any], plan_gen: torch.Generator, noise_gen: torch.Generator, seq_len: int | None = None) -> StepOutput:
+        """x0 [B, ...] on the model's device, cond batched by row -> loss with gradient."""
+        plan = draw_plan(x0.shape[0], self.plan_cfg, plan_gen, seq_len=seq_len, dtype=x0.dtype, device=x0.device)
+        eps = torch.randn(x0.shape, generator=noise_gen, device=noise_gen.device, dtype=x0.dtype).to(x0.device)
+        x_t = interpolate(x0, eps, plan.t)
+        target = shortcut_target(x_t, x0, eps, plan, cond, self.sources())
+        pred = self._forward(x_t, plan.t, cond)
+        loss = scfm_loss(pred, target.target, plan)
+        return StepOutput(loss=loss, residual=consistency_residual(target.first_velocity, target.target, plan), batch_size=x0.shape[0])
