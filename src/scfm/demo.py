@@ -1,0 +1,137 @@
+"""`scfm demo`: distill the shipped digits teacher and measure it against training-free solvers.
+
+Writes into ``out``: ``metrics.json`` (rows per DESIGN.md), ``grid_steps{n}.png`` (teacher vs
+student samples per step count), ``fd_vs_steps.png``, ``lora/`` (the LoRA as safetensors),
+``training.png`` (loss components and consistency residual) and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from scfm.data.batches import digits_batches
+from scfm.eval.harness import DigitsEvalSet, sample_digits, score_rows
+from scfm.eval.metrics import DigitsEvaluator
+from scfm.eval.plots import plot_quality_vs_steps, save_comparison_grid
+from scfm.fileio import atomic_write_json, atomic_write_text
+from scfm.models.builtin import load_shipped_teacher
+from scfm.presets import digits_config
+from scfm.train.loop import distill
+from scfm.weights.switch import WeightSwitch
+from scfm.weights.lora import lora_named_parameters
+
+STEP_COUNTS = (1, 2, 3, 4, 8)
+TEACHER_REFERENCE_STEPS = 32
+
+
+def teacher_plan() -> list[tuple[str, int]]:
+    plan = [(solver, n) for solver in ("euler", "heun", "dpmpp2m") for n in STEP_COUNTS]
+    return plan + [("euler", TEACHER_REFERENCE_STEPS)]
+
+
+def student_plan() -> list[tuple[str, int]]:
+    return [("euler", n) for n in STEP_COUNTS]
+
+
+class _TeacherView:
+    """Calls the distilled model with its LoRA off: the teacher, sharing the one base copy."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.switch = WeightSwitch(model, [p for _, p in lora_named_parameters(model)])
+
+    def __call__(self, x, t, **cond):
+        with self.switch.teacher():
+            return self.model(x, t, **cond)
+
+
+def _find(rows: list[dict], model: str, solver: str, steps: int) -> dict:
+    return next(r for r in rows if r["model"] == model and r["solver"] == solver and r["steps"] == steps)
+
+
+def acceptance_checks(rows: list[dict]) -> list[dict]:
+    """The issue's quality bars, evaluated on the measured rows."""
+    ref = _find(rows, "teacher", "euler", TEACHER_REFERENCE_STEPS)["fd"]
+    s = {n: _find(rows, "student", "euler", n) for n in STEP_COUNTS}
+    checks = [
+        ("student 4-step FD <= 1.25 x teacher 32-step FD", s[4]["fd"], 1.25 * ref),
+        ("student 2-step FD <= 2 x teacher 32-step FD", s[2]["fd"], 2 * ref),
+        ("student 1-step FD <= 0.25 x teacher 1-step Euler FD", s[1]["fd"], 0.25 * _find(rows, "teacher", "euler", 1)["fd"]),
+    ]
+    out = [{"check": name, "value": round(v, 4), "bound": round(b, 4), "pass": v <= b} for name, v, b in checks]
+    for nfe in (1, 2, 3, 4):
+        student = s[nfe]["fd"]
+        rivals = [r for r in rows if r["model"] == "teacher" and r["solver"] in ("heun", "dpmpp2m") and r["nfe"] == nfe]
+        for r in rivals:
+            out.append({"check": f"student beats teacher {r['solver']} at NFE {nfe}", "value": student, "bound": r["fd"], "pass": student < r["fd"]})
+    acc = min(s[n]["class_acc"] for n in STEP_COUNTS if n >= 2)
+    out.append({"check": "student class accuracy >= 0.97 at 2+ steps", "value": acc, "bound": 0.97, "pass": acc >= 0.97})
+    return out
+
+
+def _write_report(out: Path, rows: list[dict], checks: list[dict], info: dict) -> None:
+    lines = ["# scfm demo report", "", f"Machine: {info['machine']}. Training {info['train_seconds']:.0f} s "
+             f"({info['config']['max_steps']} steps, batch {info['config']['batch_size']}), total {info['total_seconds']:.0f} s.",
+             f"FD floor (360 held-out real digits vs train): {info['fd_floor']:.3f}.", "",
+             "| model | solver | steps | NFE | FD | class acc |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['solver']} | {r['steps']} | {r['nfe']} | {r['fd']:.3f} | {r['class_acc']:.3f} |" for r in rows]
+    lines += ["", "| check | value | bound | pass |", "|---|---|---|---|"]
+    lines += [f"| {c['check']} | {c['value']:.4g} | {c['bound']:.4g} | {'yes' if c['pass'] else 'NO'} |" for c in checks]
+    lines += ["", "Files: `metrics.json`, `fd_vs_steps.png`, `grid_steps{n}.png`, `training.png`, `lora/`.", ""]
+    atomic_write_text(out / "report.md", "\n".join(lines))
+
+
+def _plot_training(history: list[dict], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    from scfm.eval.plots import _save_figure
+
+    fig = Figure(figsize=(9, 3.2))
+    ax1, ax2 = fig.subplots(1, 2)
+    steps = [h["step"] for h in history]
+    for key in ("loss", "loss_teacher", "loss_self"):
+        ax1.plot(steps, [h[key] for h in history], label=key)
+    ax1.set_yscale("log"), ax1.set_xlabel("step"), ax1.legend(fontsize=8), ax1.set_title("loss components")
+    ax2.plot(steps, [h["consistency_residual"] for h in history])
+    ax2.set_xlabel("step"), ax2.set_title("consistency residual (self rows)")
+    _save_figure(fig, path)
+
+
+def run_demo(out: str | Path, max_steps: int | None = None, eval_samples: int = 1000, seed: int = 0, progress: bool = True) -> dict:
+    """Run the whole demo; returns the ``metrics.json`` content."""
+    out = Path(out)
+    start = time.perf_counter()
+    overrides = {"seed": seed} if max_steps is None else {"seed": seed, "max_steps": max_steps}
+    config = digits_config(**overrides).validate()
+    out.mkdir(parents=True, exist_ok=True)
+    teacher = load_shipped_teacher("digits")
+    evaluator = DigitsEvaluator()
+    evalset = DigitsEvalSet.make(eval_samples)
+    t0 = time.perf_counter()
+    result = distill(teacher, digits_batches(config.batch_size, torch.Generator().manual_seed(seed)), config, progress=progress)
+    train_seconds = time.perf_counter() - t0
+    teacher_view = _TeacherView(result.model)
+    rows = score_rows(teacher_view, "teacher", teacher_plan(), evalset, evaluator)
+    rows += score_rows(result, "student", student_plan(), evalset, evaluator)
+    result.save(out / "lora")
+    for n in STEP_COUNTS:
+        pick = slice(0, evalset.noise.shape[0], max(1, evalset.noise.shape[0] // 20))
+        small = DigitsEvalSet(evalset.noise[pick], evalset.labels[pick])
+        save_comparison_grid([(f"teacher euler {n}", sample_digits(teacher_view, small, n)), (f"student euler {n}", sample_digits(result, small, n))], out / f"grid_steps{n}.png")
+    floor = evaluator.fd_floor()
+    plot_quality_vs_steps(rows, out / "fd_vs_steps.png", floor=floor)
+    _plot_training(result.history, out / "training.png")
+    checks = acceptance_checks(rows)
+    info = {"machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads, torch {torch.__version__}".strip(),
+            "fd_floor": floor, "train_seconds": train_seconds, "total_seconds": time.perf_counter() - start,
+            "config": config.to_dict(), "eval_samples": int(evalset.noise.shape[0])}
+    metrics = {"rows": rows, "checks": checks, "fd_floor": round(floor, 4), "train_seconds": round(train_seconds, 1),
+               "total_seconds": round(info["total_seconds"], 1), "eval_samples": info["eval_samples"], "machine": info["machine"],
+               "config": info["config"], "history": result.history}
+    atomic_write_json(out / "metrics.json", metrics)
+    _write_report(out, rows, checks, info)
+    return metrics

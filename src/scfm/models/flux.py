@@ -1,0 +1,185 @@
+"""Flux.1 adapter: ``FluxTransformer2DModel`` behind ``forward(x, t, **cond) -> v``.
+
+Convention check (diffusers 0.42, read from the source):
+
+- ``FlowMatchEulerDiscreteScheduler.scale_noise`` forms ``x_sigma = sigma * eps + (1 - sigma) * x0``
+  and ``step`` does ``prev_sample = sample + (sigma_next - sigma) * model_output``. So sigma is
+  the spec's t (t = 1 is noise) and the model output is ``dx/dsigma = eps - x0``: the spec's
+  velocity, same sign. The spec's Euler step ``x + (t_next - t) v`` is that scheduler step.
+- ``FluxPipeline`` calls the transformer with ``timestep = scheduler_timestep / 1000 = sigma``
+  and the transformer multiplies by 1000 inside (``timestep.to(dtype) * 1000``; the guidance
+  value is multiplied by 1000 the same way). So the adapter passes ``t`` in [0, 1] unchanged
+  and the guidance value as the user would give it to the pipeline (e.g. 3.5).
+- Latents: the pipeline packs [B, C, H, W] latents into 2x2 patch tokens [B, H/2 * W/2, 4C]
+  (``_pack_latents``) with position ids ``(0, row, col)`` per token
+  (``_prepare_latent_image_ids`` at H/2 x W/2) and text ids all zero [L, 3]. The adapter
+  does the same and unpacks the output (``_unpack_latents``).
+
+cond keys: ``prompt_embeds`` [B, L, D] (T5), ``pooled_prompt_embeds`` [B, P] (CLIP), and
+``guidance`` [B] (a float or a 1-row tensor broadcasts) when the transformer has
+``guidance_embeds`` (Flux.1-dev). For distillation the spec draws the guidance per sample,
+U[0, 7.5], and gives the same value to teacher, EMAs and student: put it in each batch with
+:func:`with_guidance` (or :func:`draw_guidance`); since it is a cond tensor, the loop hands the
+same rows to every velocity call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+
+from scfm.models.adapters import VelocityAdapter, expand_batch, register_adapter
+
+FLUX_LORA_TARGETS: tuple[str, ...] = (
+    # embedders
+    "time_text_embed.timestep_embedder.linear_1",
+    "time_text_embed.timestep_embedder.linear_2",
+    "time_text_embed.text_embedder.linear_1",
+    "time_text_embed.text_embedder.linear_2",
+    "time_text_embed.guidance_embedder.linear_1",
+    "time_text_embed.guidance_embedder.linear_2",
+    "context_embedder",
+    "x_embedder",
+    # adaptive norms
+    "norm.linear",
+    "norm1.linear",
+    "norm1_context.linear",
+    "norm_out.linear",
+    # attention
+    "attn.to_k",
+    "attn.to_q",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_k_proj",
+    "attn.add_q_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+    # MLPs (double blocks, single blocks) and the output projections
+    "ff.net.0.proj",
+    "ff.net.2",
+    "ff_context.net.0.proj",
+    "ff_context.net.2",
+    "proj_mlp",
+    "proj_out",
+)
+"""The official SCFM Flux LoRA layers (scripts/train_flux_scfm.sh of the reference code)."""
+
+
+def pack_latents(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, H/2 * W/2, 4C] 2x2 patch tokens (diffusers ``FluxPipeline._pack_latents``)."""
+    b, c, h, w = x.shape
+    x = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[B, H/2 * W/2, 4C] -> [B, C, H, W]; the inverse of :func:`pack_latents` (``_unpack_latents``)."""
+    b, _, d = tokens.shape
+    x = tokens.view(b, height // 2, width // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, d // 4, height, width)
+
+
+def latent_image_ids(height: int, width: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Position ids [H/2 * W/2, 3] = (0, row, col) of the packed tokens (``_prepare_latent_image_ids``)."""
+    h2, w2 = height // 2, width // 2
+    ids = torch.zeros(h2, w2, 3)
+    ids[..., 1] = ids[..., 1] + torch.arange(h2)[:, None]
+    ids[..., 2] = ids[..., 2] + torch.arange(w2)[None, :]
+    return ids.reshape(h2 * w2, 3).to(device=device, dtype=dtype)
+
+
+def draw_guidance(batch_size: int, generator: torch.Generator, low: float = 0.0, high: float = 7.5) -> torch.Tensor:
+    """Per-sample guidance values [B] ~ U[low, high] from ``generator`` (spec: U[0, 7.5]), float32 on CPU."""
+    if not low <= high:
+        raise ValueError(f"guidance range low={low} > high={high}")
+    return low + (high - low) * torch.rand(batch_size, generator=generator, dtype=torch.float32)
+
+
+def with_guidance(data: Iterable[dict[str, Any]], generator: torch.Generator, low: float = 0.0, high: float = 7.5) -> Iterator[dict[str, Any]]:
+    """Yield each batch of ``data`` with a fresh per-sample ``guidance`` [B] drawn by :func:`draw_guidance`."""
+    for batch in data:
+        yield {**batch, "guidance": draw_guidance(batch["x0"].shape[0], generator, low, high)}
+
+
+@register_adapter("flux")
+class FluxAdapter(VelocityAdapter):
+    """``FluxTransformer2DModel`` as a velocity model on unpacked latents [B, C, H, W] (H, W even).
+
+    ``forward(x, t, prompt_embeds, pooled_prompt_embeds, guidance=None) -> v`` with t in [0, 1]
+    (t = 1 noise) and v = eps - x0 in x's shape and dtype. Inputs are cast to the
+    transformer's dtype; the output is cast back to ``x.dtype``.
+    """
+
+    transformer_class_name = "FluxTransformer2DModel"
+    default_lora_targets = FLUX_LORA_TARGETS
+    recommended_config = {"lora_targets": FLUX_LORA_TARGETS, "grad_clip": 10.0, "lora_rank": 64, "lora_alpha": 64.0}
+    cond_keys = ("prompt_embeds", "pooled_prompt_embeds", "guidance")
+    draw_guidance = staticmethod(draw_guidance)
+    with_guidance = staticmethod(with_guidance)
+
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        super().__init__(transformer)
+        cfg = transformer.config
+        if getattr(cfg, "patch_size", 1) != 1:
+            raise ValueError(f"FluxAdapter expects a transformer with patch_size=1 (2x2 packing is done here), got {cfg.patch_size}")
+        if cfg.in_channels % 4:
+            raise ValueError(f"transformer in_channels={cfg.in_channels} is not 4 x latent channels; this is not a Flux-layout transformer")
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels C of the unpacked latent (Flux.1: 16)."""
+        return self.transformer.config.in_channels // 4
+
+    @property
+    def has_guidance(self) -> bool:
+        return bool(self.transformer.config.guidance_embeds)
+
+    def seq_len(self, x: torch.Tensor) -> int:
+        """Image tokens (H/2) * (W/2): what FluxPipeline feeds ``calculate_shift``."""
+        return (x.shape[-2] // 2) * (x.shape[-1] // 2)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
+        self._check_cond(cond)
+        t = self._check_x_t(x, t)
+        b, c, h, w = x.shape
+        if h % 2 or w % 2:
+            raise ValueError(f"Flux latents need even height and width (2x2 packing), got {h}x{w}")
+        if c != self.latent_channels:
+            raise ValueError(f"x has {c} channels but this Flux transformer expects {self.latent_channels} (in_channels={4 * self.latent_channels} after 2x2 packing)")
+        for key in ("prompt_embeds", "pooled_prompt_embeds"):
+            if key not in cond:
+                raise ValueError(f"FluxAdapter needs cond {key!r} (prompt_embeds [B, L, D], pooled_prompt_embeds [B, P]); got keys {sorted(cond)}")
+        dtype, device = self.dtype, x.device
+        prompt = expand_batch(cond["prompt_embeds"], b, "prompt_embeds").to(device, dtype)
+        pooled = expand_batch(cond["pooled_prompt_embeds"], b, "pooled_prompt_embeds").to(device, dtype)
+        guidance = self._guidance(cond.get("guidance"), b, device)
+        out = self.transformer(
+            hidden_states=pack_latents(x.to(dtype)),
+            timestep=t.to(dtype),
+            guidance=guidance,
+            pooled_projections=pooled,
+            encoder_hidden_states=prompt,
+            txt_ids=torch.zeros(prompt.shape[1], 3, device=device, dtype=dtype),
+            img_ids=latent_image_ids(h, w, device=device, dtype=dtype),
+            return_dict=False,
+        )[0]
+        return unpack_latents(out, h, w).to(x.dtype)
+
+    def _guidance(self, value: Any, batch_size: int, device: torch.device) -> torch.Tensor | None:
+        if not self.has_guidance:
+            if value is not None:
+                raise ValueError("this Flux transformer has no guidance embedding (guidance_embeds=False, e.g. FLUX.1-schnell); drop the 'guidance' cond key")
+            return None
+        if value is None:
+            raise ValueError(
+                "this Flux transformer is guidance-distilled (guidance_embeds=True): pass cond 'guidance' [B] "
+                "(training: FluxAdapter.with_guidance(data, generator) draws U[0, 7.5] per sample; sampling: e.g. 3.5)"
+            )
+        g = torch.as_tensor(value, dtype=torch.float32, device=device)
+        if g.dim() == 0:
+            g = g.expand(batch_size)
+        if g.dim() != 1:
+            raise ValueError(f"cond 'guidance' must be [B] (one value per sample), got shape {tuple(g.shape)}")
+        return expand_batch(g, batch_size, "guidance")

@@ -1,0 +1,59 @@
+"""Per-model default configs, chosen by measurement (see BENCHMARKS.md).
+
+The spec's defaults (DistillConfig) are Flux.1-dev's. The built-in models are tiny and
+trained for minutes, so they need a larger learning rate, faster EMAs and no time shift
+(SCFM_SPEC.md, implementation notes: unshifted grids are far better on 8x8 digits).
+"""
+
+from __future__ import annotations
+
+from scfm.train.config import DistillConfig
+
+
+def digits_config(**overrides) -> DistillConfig:
+    """The `scfm demo` preset for the shipped digits DiT (about 3 minutes on 2 CPU cores)."""
+    values = dict(
+        max_steps=500,
+        batch_size=256,
+        lr=1e-3,
+        warmup_steps=20,
+        grad_clip=1.0,
+        lora_rank=32,
+        lora_alpha=32.0,
+        lora_targets=("qkv", "proj", "fc1", "fc2", "adaLN", "adaLN_out", "patch_in", "patch_out"),
+        t_skip=2,
+        teacher_ratio=0.4,
+        teacher_min=32,
+        teacher_max=32,
+        shift_min=1.0,
+        shift_max=1.0,
+        resolution_shift_prob=0.0,
+        fast_decay=0.9,
+        slow_decay=0.99,
+        final_weights="student",
+        log_every=10,
+    )
+    values.update(overrides)
+    return DistillConfig(**values)
+
+
+def toy2d_config(**overrides) -> DistillConfig:
+    """Preset for the 2-D MLP teachers."""
+    values = dict(
+        max_steps=1000,
+        batch_size=512,
+        lr=1e-3,
+        warmup_steps=20,
+        grad_clip=1.0,
+        lora_rank=16,
+        lora_alpha=16.0,
+        lora_targets=("inp", "fc1", "fc2", "time", "out"),
+        shift_min=1.0,
+        shift_max=1.0,
+        resolution_shift_prob=0.0,
+        fast_decay=0.9,
+        slow_decay=0.99,
+        final_weights="student",
+    )
+    values.update(overrides)
+    return DistillConfig(**values)
