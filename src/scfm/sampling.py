@@ -111,11 +111,14 @@ def sample(
             raise ValueError("lora_scale was given but the model has no LoRA layers")
         scale_ctx = scaled(module, lora_scale)
     grid = time_grid(steps, shift, dtype=torch.float64)
+    student_ctx = nullcontext()
+    if hasattr(model, "weights") and callable(getattr(module, "student_pass", None)):
+        student_ctx = module.student_pass()  # a distilled model samples as it was trained (baked CFG)
     was_training = module.training if isinstance(module, nn.Module) else False
     if isinstance(module, nn.Module):
         module.eval()
     try:
-        with scale_ctx:
+        with scale_ctx, student_ctx:
             return _SOLVER_FNS[solver](module, noise, grid, cond)
     finally:
         if isinstance(module, nn.Module):

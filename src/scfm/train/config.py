@@ -11,6 +11,8 @@ from scfm.weights.lora import LoraSpec
 
 FINAL_WEIGHTS = ("slow_ema", "fast_ema", "student")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+NAN_POLICIES = ("stop", "skip")
+LOGGERS = ("tensorboard", "wandb", "jsonl", "none")
 
 
 @dataclass
@@ -68,6 +70,31 @@ class DistillConfig:
     """'no', 'bf16' or 'fp16' autocast for forward passes; LoRA master weights stay fp32."""
     log_every: int = 10
     """Steps between history records."""
+    grad_accum: int = 1
+    """Global batches accumulated per optimizer step."""
+    nan_policy: str = "stop"
+    """Non-finite loss: 'stop' (error, last checkpoint kept) or 'skip' (counted, step dropped)."""
+    max_skipped_steps: int = 10
+    """With nan_policy='skip', stop after this many skipped steps."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the student's backward (model must support it)."""
+    compile: bool = False
+    """torch.compile the model's forward (experimental)."""
+    # run management (used by `scfm distill` and the engine)
+    output_dir: str | None = None
+    """Where the run writes config, checkpoints, logs and the final LoRA; None = nothing written."""
+    checkpoint_every: int = 0
+    """Steps between checkpoints; 0 = only at the end (and on Ctrl-C)."""
+    keep_checkpoints: int = 3
+    """Newest checkpoints kept; 0 keeps all."""
+    logger: str = "tensorboard"
+    """'tensorboard', 'wandb', 'jsonl' or 'none' (jsonl is always written when output_dir is set)."""
+    validate_every: int = 0
+    """Steps between validation grids (built-in models); 0 = off."""
+    teacher: str = "digits"
+    """Teacher for `scfm distill`: 'digits' (shipped), 'toy2d:<name>' (shipped 2-D), or a built-in model file."""
+    data: str = "digits"
+    """Data for `scfm distill`: 'digits', 'toy2d:<name>'."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form fields kept with the run (presets, notes)."""
 
@@ -88,12 +115,12 @@ class DistillConfig:
 
     def validate(self) -> "DistillConfig":
         """Raise ``ValueError`` naming the field, the bad value and the allowed range."""
-        positive = ("max_steps", "batch_size", "lora_rank", "log_every")
+        positive = ("max_steps", "batch_size", "lora_rank", "log_every", "grad_accum")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
-        nonneg = ("warmup_steps", "ema_restart_every", "seed")
+        nonneg = ("warmup_steps", "ema_restart_every", "seed", "checkpoint_every", "keep_checkpoints", "validate_every", "max_skipped_steps")
         for name in nonneg:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
@@ -113,6 +140,10 @@ class DistillConfig:
             raise ValueError(f"final_weights={self.final_weights!r} must be one of {FINAL_WEIGHTS}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision={self.mixed_precision!r} must be one of {MIXED_PRECISION}")
+        if self.nan_policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy={self.nan_policy!r} must be one of {NAN_POLICIES}")
+        if self.logger not in LOGGERS:
+            raise ValueError(f"logger={self.logger!r} must be one of {LOGGERS}")
         if not self.lora_targets:
             raise ValueError("lora_targets=() is empty: name at least one Linear module suffix")
         self.plan_config().validate()

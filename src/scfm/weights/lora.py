@@ -68,6 +68,7 @@ def attach_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
     config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=names)
     inject_adapter_in_model(config, model, adapter_name=ADAPTER)
     for _, param in lora_named_parameters(model):
+        param.data = param.data.float()  # fp32 master weights even on a bf16/fp16 base model
         param.requires_grad_(True)
     return model
 
