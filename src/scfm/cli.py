@@ -44,6 +44,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init_processes() -> torch.device:
+    """Join the process group that `accelerate launch` / torchrun set up; returns this rank's device."""
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from scfm.train.builtin_run import build_data, build_teacher, validation_fn
+    from scfm.train.loop import distill
+    from scfm.train.yaml_config import load_config
+
+    config = load_config(args.config, args.set)  # every field validated before any work
+    device = torch.device(config.device) if config.device != "auto" else _init_processes()
+    if config.device == "auto":
+        config.device = str(device)
+    teacher = build_teacher(config, device)
+    data = build_data(config)
+    try:
+        distill(teacher, data, config, resume=args.resume, on_validate=validation_fn(config, config.output_dir))
+    except KeyboardInterrupt:
+        return 130
+    if config.output_dir:
+        print(f"wrote the LoRA, both EMAs and checkpoints to {config.output_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scfm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval-samples", type=int, default=1000, help="generated digits per evaluated sampler")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_demo)
+    t = sub.add_parser("distill", help="distill a built-in teacher from a YAML config (see configs/)")
+    t.add_argument("config", type=Path, nargs="?", help="YAML file of DistillConfig fields")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
+    t.add_argument("--resume", default=None, help="'latest' (newest good checkpoint in output_dir) or a checkpoint folder")
+    t.set_defaults(func=_cmd_distill)
     p = sub.add_parser("pretrain", help="train a built-in teacher by flow matching")
     p.add_argument("--model", default="digits", help="'digits' or a 2-D toy name (checkerboard, moons, ...)")
     p.add_argument("--steps", type=int, default=6000)

@@ -24,7 +24,10 @@ BUILTIN_MODELS: dict[str, tuple[type[nn.Module], type]] = {
     "mlp2d": (VelocityMLP2D, MLP2DConfig),
 }
 
-SHIPPED_DIGITS_TEACHER = "digits_teacher.safetensors"
+SHIPPED_TEACHERS = {
+    "digits": "digits_teacher.safetensors",
+    "toy2d:8gaussians": "toy2d_8gaussians_teacher.safetensors",
+}
 
 
 def build_builtin(name: str, config: dict[str, Any] | None = None) -> nn.Module:
@@ -69,9 +72,9 @@ def load_builtin(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
 
 
 def shipped_teacher_path(name: str = "digits") -> Path:
-    if name != "digits":
-        raise ValueError(f"no shipped teacher {name!r}; the package ships 'digits'")
-    return Path(str(resources.files("scfm") / "assets" / SHIPPED_DIGITS_TEACHER))
+    if name not in SHIPPED_TEACHERS:
+        raise ValueError(f"no shipped teacher {name!r}; the package ships {sorted(SHIPPED_TEACHERS)} (train others with scfm pretrain)")
+    return Path(str(resources.files("scfm") / "assets" / SHIPPED_TEACHERS[name]))
 
 
 def load_shipped_teacher(name: str = "digits", device: str = "cpu") -> nn.Module:

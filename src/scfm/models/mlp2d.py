@@ -13,8 +13,8 @@ from scfm.models.timestep import sinusoidal_embedding
 @dataclass
 class MLP2DConfig:
     dim: int = 2
-    hidden: int = 256
-    depth: int = 4
+    hidden: int = 128
+    depth: int = 3
     time_dim: int = 64
 
 
