@@ -60,13 +60,18 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     device = torch.device(config.device) if config.device != "auto" else _init_processes()
     if config.device == "auto":
         config.device = str(device)
+    from scfm.train.engine import world
+
+    rank, size = world()
     teacher = build_teacher(config, device)
     data = build_data(config)
+    if rank == 0:
+        print(f"scfm distill: {size} process(es), device {device}, global batch {config.batch_size}")
     try:
         distill(teacher, data, config, resume=args.resume, on_validate=validation_fn(config, config.output_dir))
     except KeyboardInterrupt:
         return 130
-    if config.output_dir:
+    if config.output_dir and rank == 0:
         print(f"wrote the LoRA, both EMAs and checkpoints to {config.output_dir}")
     return 0
 

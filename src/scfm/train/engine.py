@@ -26,7 +26,7 @@ from scfm.train.config import DistillConfig
 from scfm.train.result import DistilledModel
 from scfm.train.step import ShortcutStep, autocast_context
 from scfm.weights.ema import FastSlowEMA
-from scfm.weights.lora import attach_lora, lora_named_parameters
+from scfm.weights.lora import attach_lora, init_lora, lora_named_parameters
 
 
 def world() -> tuple[int, int]:
@@ -51,6 +51,7 @@ class Distiller:
         self.config, self.device, self.seq_len_fn = config, device, seq_len_fn
         self.rank, self.world_size = world()
         self.model = attach_lora(model, config.lora_spec())
+        init_lora(self.model, torch.Generator().manual_seed(config.seed))
         named = lora_named_parameters(self.model)
         self.names = [_strip(n) for n, _ in named]
         self.params = [p for _, p in named]

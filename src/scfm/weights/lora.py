@@ -6,6 +6,7 @@ Every base weight is frozen; only LoRA tensors train. There is one copy of the b
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -47,6 +48,19 @@ def _matches(name: str, spec: LoraSpec) -> bool:
 def matching_modules(model: nn.Module, spec: LoraSpec) -> list[str]:
     """Names of the Linear modules ``spec`` would adapt."""
     return [name for name in linear_module_names(model) if _matches(name, spec)]
+
+
+@torch.no_grad()
+def init_lora(model: nn.Module, generator: torch.Generator) -> None:
+    """Re-draw every LoRA A from ``generator`` (peft's Kaiming-uniform init) and zero every B,
+    so a run is reproducible from its seed without the global RNG."""
+    for name, param in lora_named_parameters(model):
+        if ".lora_A." in name:
+            fresh = torch.empty(param.shape, dtype=torch.float32)
+            nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=generator)
+            param.copy_(fresh)
+        else:
+            param.zero_()
 
 
 def attach_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
