@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from scfm.models.timestep import sinusoidal_embedding
 
@@ -91,7 +92,12 @@ class DigitsDiT(nn.Module):
         self.norm_out = nn.LayerNorm(c.dim, elementwise_affine=False, eps=1e-6)
         self.adaLN_out = nn.Linear(c.dim, 2 * c.dim)
         self.patch_out = nn.Linear(c.dim, patch_dim)
+        self.gradient_checkpointing = False
         self._zero_init()
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each block's activations in backward (less memory, one more forward)."""
+        self.gradient_checkpointing = True
 
     def _zero_init(self) -> None:
         for block in self.blocks:
@@ -116,7 +122,10 @@ class DigitsDiT(nn.Module):
         c = self.time_mlp(sinusoidal_embedding(t, self.config.time_dim).to(x.dtype)) + self.label_emb(label)
         h = self.patch_in(self._patchify(x)) + self.pos
         for block in self.blocks:
-            h = block(h, c)
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                h = checkpoint(block, h, c, use_reentrant=False)
+            else:
+                h = block(h, c)
         shift, scale = self.adaLN_out(F.silu(c)).chunk(2, dim=-1)
         return self._unpatchify(self.patch_out(_modulate(self.norm_out(h), shift, scale)))
 

@@ -1,0 +1,43 @@
+"""Mixed precision, gradient checkpointing and compile options of the engine (CPU)."""
+
+import pytest
+import torch
+
+import scfm
+from scfm.data.batches import DigitsBatches
+from scfm.models.builtin import build_builtin
+from scfm.presets import digits_config
+from scfm.weights.lora import lora_named_parameters
+
+
+def tiny_dit():
+    torch.manual_seed(0)
+    model = build_builtin("digits_dit", {"dim": 32, "depth": 2, "heads": 2, "time_dim": 32})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    return model
+
+
+def run(**kw):
+    config = digits_config(max_steps=3, batch_size=16, lora_rank=4, lora_alpha=4, log_every=1, **kw)
+    return scfm.distill(tiny_dit(), DigitsBatches(16, seed=0), config, progress=False)
+
+
+def test_gradient_checkpointing_gives_the_same_training():
+    plain, ckpt = run(), run(gradient_checkpointing=True)
+    assert [h["loss"] for h in plain.history] == pytest.approx([h["loss"] for h in ckpt.history], rel=1e-5)
+    assert plain.model.gradient_checkpointing is False and ckpt.model.gradient_checkpointing is True
+
+
+def test_bf16_autocast_trains_with_fp32_lora_master_weights():
+    result = run(mixed_precision="bf16")
+    assert all(p.dtype == torch.float32 for _, p in lora_named_parameters(result.model))
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
+
+
+def test_gradient_checkpointing_on_a_model_without_it_is_rejected():
+    model = build_builtin("mlp2d")
+    config = scfm.DistillConfig(max_steps=1, lora_targets=("fc1",), gradient_checkpointing=True)
+    with pytest.raises(ValueError, match="gradient_checkpointing=True but VelocityMLP2D"):
+        scfm.distill(model, iter([{"x0": torch.randn(4, 2)}]), config, progress=False)
