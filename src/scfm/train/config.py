@@ -78,6 +78,9 @@ class DistillConfig:
     """With nan_policy='skip', stop after this many skipped steps."""
     gradient_checkpointing: bool = False
     """Recompute activations in the student's backward (model must support it)."""
+    flush_denormal: bool = True
+    """CPU only: flush subnormal floats to zero (EMA LoRA products underflow into them and
+    then run 2-10x slower). Sets torch.set_flush_denormal for the process."""
     compile: bool = False
     """torch.compile the model's forward (experimental)."""
     # run management (used by `scfm distill` and the engine)

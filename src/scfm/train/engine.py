@@ -50,6 +50,8 @@ class Distiller:
     def __init__(self, model: nn.Module, config: DistillConfig, device: torch.device, seq_len_fn=None) -> None:
         self.config, self.device, self.seq_len_fn = config, device, seq_len_fn
         self.rank, self.world_size = world()
+        if config.flush_denormal and device.type == "cpu":
+            torch.set_flush_denormal(True)
         self.model = attach_lora(model, config.lora_spec())
         init_lora(self.model, torch.Generator().manual_seed(config.seed))
         named = lora_named_parameters(self.model)

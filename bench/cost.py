@@ -1,0 +1,141 @@
+"""Cost of an SCFM step against a plain flow-matching LoRA step on the same model.
+
+Both variants run through the same engine (`Distiller`): the plain fine-tune is SCFM with
+``fm_ratio = 1`` (every row takes the target eps - x0, so no target passes run). Step times
+are interleaved in one process (A, B, A, B, ...) after warm-up; we report medians and the
+median of per-pair ratios. Peak memory: each variant runs in a fresh subprocess and
+reports its peak resident set size (ru_maxrss) and the increase over the RSS just before
+training (CPU); on CUDA, torch.cuda.max_memory_allocated.
+
+    python bench/cost.py            # table
+    python bench/cost.py --json     # one JSON object
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from scfm.data.batches import DigitsBatches
+from scfm.models.builtin import load_shipped_teacher
+from scfm.presets import digits_config
+from scfm.train.engine import Distiller
+
+THEORETICAL = 5 / 3
+"""t_skip = 2: two no-grad forwards on top of forward + backward (about 3 forward-equivalents)."""
+
+
+def digits_engine(scfm: bool, batch: int, device: torch.device) -> tuple[Distiller, DigitsBatches]:
+    cfg = digits_config(batch_size=batch, fm_ratio=0.0 if scfm else 1.0)
+    model = load_shipped_teacher("digits", device=str(device))
+    return Distiller(model, cfg.validate(), device), DigitsBatches(batch, seed=0)
+
+
+def flux_engine(scfm: bool, batch: int, device: torch.device):
+    from bench.tiny_flux import tiny_flux_adapter, flux_batches
+
+    adapter = tiny_flux_adapter(device)
+    cfg = digits_config(batch_size=batch, fm_ratio=0.0 if scfm else 1.0, lora_rank=16, lora_alpha=16,
+                        lora_targets=tuple(adapter.default_lora_targets), resolution_shift_prob=0.0)
+    return Distiller(adapter, cfg.validate(), device), flux_batches(batch, device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved_times(make, batch: int, steps: int, warmup: int, device: torch.device) -> dict:
+    """Median step time of SCFM and plain FM, interleaved, and the median per-pair ratio."""
+    scfm, scfm_data = make(True, batch, device)
+    plain, plain_data = make(False, batch, device)
+    times = {"scfm": [], "fm": []}
+    it_s, it_p = iter(scfm_data), iter(plain_data)
+    for i in range(warmup + steps):
+        for name, engine, it in (("scfm", scfm, it_s), ("fm", plain, it_p)):
+            batch_ = next(it)
+            _sync(device)
+            start = time.perf_counter()
+            engine.train_step([batch_])
+            _sync(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    ratios = [a / b for a, b in zip(times["scfm"], times["fm"])]
+    return {"scfm_ms": 1e3 * statistics.median(times["scfm"]), "fm_ms": 1e3 * statistics.median(times["fm"]),
+            "ratio": statistics.median(ratios), "steps": steps}
+
+
+def _peak_child(model: str, scfm: bool, batch: int, steps: int) -> dict:
+    """Run in a subprocess: train `steps` steps and report peak memory."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    make = digits_engine if model == "digits" else flux_engine
+    engine, data = make(scfm, batch, device)
+    it = iter(data)
+    engine.train_step([next(it)])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(steps):
+        engine.train_step([next(it)])
+    if device.type == "cuda":
+        return {"peak": torch.cuda.max_memory_allocated(), "increase": torch.cuda.max_memory_allocated() - base, "unit": "bytes (cuda)"}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak": peak * 1024, "increase": (peak - base_rss) * 1024, "unit": "bytes (peak RSS)"}
+
+
+def peak_memory(model: str, batch: int, steps: int) -> dict:
+    out = {}
+    for name, scfm in (("scfm", True), ("fm", False)):
+        cmd = [sys.executable, __file__, "--child", model, "--child-scfm", str(int(scfm)), "--batch", str(batch), "--steps", str(steps)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["ratio"] = out["scfm"]["peak"] / out["fm"]["peak"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--flux", action="store_true", help="also the tiny Flux transformer (needs diffusers)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-scfm", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(_peak_child(args.child, bool(args.child_scfm), args.batch, args.steps)))
+        return
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    result = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {device}",
+              "theoretical_ratio": round(THEORETICAL, 4)}
+    digits = interleaved_times(digits_engine, args.batch, args.steps, args.warmup, device)
+    mem = peak_memory("digits", args.batch, max(3, args.steps // 4))
+    result.update({"scfm_over_fm_step_time": round(digits["ratio"], 4), "scfm_over_fm_peak_memory": round(mem["ratio"], 4),
+                   "digits": {**digits, "memory": mem, "batch": args.batch}})
+    if args.flux:
+        flux = interleaved_times(flux_engine, 2, args.steps, args.warmup, device)
+        result["flux_tiny"] = {**flux, "memory": peak_memory("flux", 2, max(3, args.steps // 4)), "batch": 2}
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"machine: {result['machine']}")
+    print(f"{'model':10} {'scfm ms':>9} {'fm ms':>9} {'ratio':>7} {'theory':>7} {'peak mem ratio':>15}")
+    for name in ("digits", "flux_tiny"):
+        if name in result:
+            r = result[name]
+            print(f"{name:10} {r['scfm_ms']:9.1f} {r['fm_ms']:9.1f} {r['ratio']:7.3f} {THEORETICAL:7.3f} {r['memory']['ratio']:15.3f}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    main()
