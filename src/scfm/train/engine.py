@@ -10,21 +10,17 @@ summation order. Launch with ``accelerate launch -m scfm distill ...`` (or torch
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from scfm.objective.flow import interpolate
-from scfm.objective.loss import consistency_residual, scfm_loss
 from scfm.objective.plans import draw_plan
-from scfm.objective.targets import shortcut_target
 from scfm.train.checkpoint import optimizer_from_tensors, optimizer_to_tensors
 from scfm.train.config import DistillConfig
 from scfm.train.result import DistilledModel
-from scfm.train.step import ShortcutStep, autocast_context
+from scfm.train.step import ShortcutStep
 from scfm.weights.ema import FastSlowEMA
 from scfm.weights.lora import attach_lora, init_lora, lora_named_parameters
 
@@ -88,19 +84,15 @@ class Distiller:
         x0 = x0_all[local].to(self.device, non_blocking=True)
         eps = eps_all[local]
         cond = {k: (v[local].to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == size else v) for k, v in batch.items() if k != "x0"}
-        x_t = interpolate(x0, eps, plan.t)
-        target = shortcut_target(x_t, x0, eps, plan, cond, self.step_fn.sources())
-        with _student_pass(self.model):
-            pred = self.step_fn._forward(x_t, plan.t, cond)
-        loss = scfm_loss(pred, target.target, plan)
+        out = self.step_fn.loss(x0, eps, plan, cond)
         stats = {
-            "loss": loss.total.detach(),
-            "loss_teacher": loss.teacher,
-            "loss_self": loss.self_,
-            "loss_fm": loss.fm,
-            "consistency_residual": consistency_residual(target.first_velocity, target.target, plan),
+            "loss": out.loss.total.detach(),
+            "loss_teacher": out.loss.teacher,
+            "loss_self": out.loss.self_,
+            "loss_fm": out.loss.fm,
+            "consistency_residual": out.residual,
         }
-        return loss.total, stats
+        return out.loss.total, stats
 
     def _all_reduce_grads(self) -> None:
         if self.world_size == 1:
@@ -209,9 +201,3 @@ def _slice_plan(plan, local: slice):
 
     fields = ("is_fm", "is_teacher", "n", "shift", "start", "t", "dt")
     return replace(plan, **{f: getattr(plan, f)[local] for f in fields})
-
-
-def _student_pass(model: nn.Module):
-    """The adapter's student-pass context (baked CFG turns guidance off there), else a no-op."""
-    hook = getattr(model, "student_pass", None)
-    return hook() if callable(hook) else nullcontext()

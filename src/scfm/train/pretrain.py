@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from scfm.objective.flow import flow_matching_target, interpolate
-from scfm.objective.plans import PlanConfig
+from scfm.objective.plans import PlanConfig, draw_plan
 from scfm.train.step import ShortcutStep
 from scfm.weights.ema import FastSlowEMA
 
@@ -59,6 +59,12 @@ def _plain_loss(model: nn.Module, x0: torch.Tensor, cond: dict, generator: torch
     return (model(interpolate(x0, eps, t), t, **cond) - flow_matching_target(x0, eps)).square().mean()
 
 
+def _folded_loss(step: FoldedShortcutStep, x0: torch.Tensor, cond: dict, generator: torch.Generator) -> torch.Tensor:
+    plan = draw_plan(x0.shape[0], step.plan_cfg, generator, dtype=x0.dtype, device=x0.device)
+    eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+    return step.loss(x0, eps, plan, cond).loss.total
+
+
 def pretrain_flow_matching(
     model: nn.Module,
     batches: Iterator[dict],
@@ -90,7 +96,7 @@ def pretrain_flow_matching(
         batch = next(batches)
         x0 = batch["x0"].to(device)
         cond = {k: v.to(device) for k, v in batch.items() if k != "x0"}
-        loss = _plain_loss(model, x0, cond, generator) if folded is None else folded.loss(x0, cond, generator, generator).loss.total
+        loss = _plain_loss(model, x0, cond, generator) if folded is None else _folded_loss(folded, x0, cond, generator)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

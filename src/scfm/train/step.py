@@ -11,7 +11,7 @@ from torch import nn
 
 from scfm.objective.flow import interpolate
 from scfm.objective.loss import ShortcutLoss, consistency_residual, scfm_loss
-from scfm.objective.plans import PlanConfig, draw_plan
+from scfm.objective.plans import PlanConfig, ShortcutPlan
 from scfm.objective.targets import VelocitySources, shortcut_target
 from scfm.weights.ema import FastSlowEMA
 from scfm.weights.switch import WeightSwitch
@@ -60,12 +60,18 @@ class ShortcutStep:
     def sources(self) -> VelocitySources:
         return VelocitySources(teacher=self._teacher, fast=self._fast, slow=self._slow)
 
-    def loss(self, x0: torch.Tensor, cond: dict[str, Any], plan_gen: torch.Generator, noise_gen: torch.Generator, seq_len: int | None = None) -> StepOutput:
-        """x0 [B, ...] on the model's device, cond batched by row -> loss with gradient."""
-        plan = draw_plan(x0.shape[0], self.plan_cfg, plan_gen, seq_len=seq_len, dtype=x0.dtype, device=x0.device)
-        eps = torch.randn(x0.shape, generator=noise_gen, device=noise_gen.device, dtype=x0.dtype).to(x0.device)
+    def loss(self, x0: torch.Tensor, eps: torch.Tensor, plan: ShortcutPlan, cond: dict[str, Any]) -> StepOutput:
+        """Targets (no grad) and the student's loss for x0, eps [B, ...] on the model's device,
+        a plan over the same B rows, and cond batched by row."""
         x_t = interpolate(x0, eps, plan.t)
         target = shortcut_target(x_t, x0, eps, plan, cond, self.sources())
-        pred = self._forward(x_t, plan.t, cond)
+        with _student_pass(self.model):
+            pred = self._forward(x_t, plan.t, cond)
         loss = scfm_loss(pred, target.target, plan)
         return StepOutput(loss=loss, residual=consistency_residual(target.first_velocity, target.target, plan), batch_size=x0.shape[0])
+
+
+def _student_pass(model: nn.Module):
+    """The adapter's student-pass context (baked CFG turns guidance off there), else a no-op."""
+    hook = getattr(model, "student_pass", None)
+    return hook() if callable(hook) else nullcontext()
