@@ -42,3 +42,13 @@ def test_zero_steps_and_unknown_solver_are_rejected():
         sample(lambda x, t: x, torch.zeros(1, 1), steps=0)
     with pytest.raises(ValueError, match="solver='rk4'"):
         sample(lambda x, t: x, torch.zeros(1, 1), solver="rk4")
+
+
+def test_sample_calls_a_wrapper_object_not_its_model_attribute():
+    class TeacherView:
+        model = staticmethod(lambda x, t: torch.full_like(x, 5.0))  # a decoy that must not be called
+
+        def __call__(self, x, t):
+            return torch.zeros_like(x)
+
+    assert torch.equal(sample(TeacherView(), torch.ones(2, 2), steps=2), torch.ones(2, 2))

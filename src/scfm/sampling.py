@@ -102,7 +102,8 @@ def sample(
     A ``DistilledModel`` (from :func:`scfm.distill`) can be passed directly.
     """
     _check(solver, steps)
-    module = getattr(model, "model", model)
+    distilled = getattr(model, "is_distilled_model", False)
+    module = model.model if distilled else model
     scale_ctx = nullcontext()
     if lora_scale is not None:
         from scfm.weights.lora import has_lora, lora_scale as scaled
@@ -112,7 +113,7 @@ def sample(
         scale_ctx = scaled(module, lora_scale)
     grid = time_grid(steps, shift, dtype=torch.float64)
     student_ctx = nullcontext()
-    if hasattr(model, "weights") and callable(getattr(module, "student_pass", None)):
+    if distilled and callable(getattr(module, "student_pass", None)):
         student_ctx = module.student_pass()  # a distilled model samples as it was trained (baked CFG)
     was_training = module.training if isinstance(module, nn.Module) else False
     if isinstance(module, nn.Module):

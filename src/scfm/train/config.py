@@ -163,7 +163,22 @@ class DistillConfig:
         if unknown:
             raise ValueError(f"unknown config field(s) {unknown}; valid fields: {sorted(names)}")
         values = dict(values)
+        for f in dataclasses.fields(cls):
+            if f.name in values and isinstance(f.default, float) and not isinstance(f.default, bool):
+                values[f.name] = _as_float(f.name, values[f.name])
         for key in ("lora_targets", "self_grids"):
             if isinstance(values.get(key), list):
                 values[key] = tuple(values[key])
         return cls(**values)
+
+
+def _as_float(name: str, value: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` as a string; accept it (and ints) for float fields."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{name}={value!r} is not a number") from None
+    return value

@@ -33,6 +33,7 @@ class DistilledModel:
 
     model: nn.Module
     config: DistillConfig
+    is_distilled_model = True  # class attribute: lets scfm.sample unwrap ``model`` without importing this layer
     weights: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
 
