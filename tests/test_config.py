@@ -33,7 +33,7 @@ def test_unknown_field_lists_the_valid_ones(tmp_path):
 
 
 def test_bad_value_names_field_value_and_range():
-    with pytest.raises(ValueError, match=r"teacher_ratio=2 must lie in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"teacher_ratio=2.0 must lie in \[0, 1\]"):
         load_config(ROOT / "configs/digits.yaml", ["teacher_ratio=2"])
 
 
