@@ -4,8 +4,8 @@ Both variants run through the same engine (`Distiller`): the plain fine-tune is 
 ``fm_ratio = 1`` (every row takes the target eps - x0, so no target passes run). Step times
 are interleaved in one process (A, B, A, B, ...) after warm-up; we report medians and the
 median of per-pair ratios. Peak memory: each variant runs in a fresh subprocess and
-reports its peak resident set size (ru_maxrss) and the increase over the RSS just before
-training (CPU); on CUDA, torch.cuda.max_memory_allocated.
+reports the peak resident set size over its training steps (Linux VmHWM, reset just
+before them) and the increase over the RSS at that point (CPU); on CUDA, torch.cuda.max_memory_allocated.
 
     python bench/cost.py            # table
     python bench/cost.py --json     # one JSON object
@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -33,8 +33,9 @@ THEORETICAL = 5 / 3
 """t_skip = 2: two no-grad forwards on top of forward + backward (about 3 forward-equivalents)."""
 
 
-def digits_engine(scfm: bool, batch: int, device: torch.device) -> tuple[Distiller, DigitsBatches]:
-    cfg = digits_config(batch_size=batch, fm_ratio=0.0 if scfm else 1.0)
+def digits_engine(scfm: bool, batch: int, device: torch.device, target_precision: str = "bf16") -> tuple[Distiller, DigitsBatches]:
+    """The `scfm demo` preset; ``target_precision`` 'bf16' is the preset, 'no' all-fp32 targets."""
+    cfg = digits_config(batch_size=batch, fm_ratio=0.0 if scfm else 1.0, target_precision=target_precision)
     model = load_shipped_teacher("digits", device=str(device))
     return Distiller(model, cfg.validate(), device), DigitsBatches(batch, seed=0)
 
@@ -83,13 +84,22 @@ def _peak_child(model: str, scfm: bool, batch: int, steps: int) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak-RSS mark (VmHWM)
+        base = _proc_status("VmRSS")
     for _ in range(steps):
         engine.train_step([next(it)])
     if device.type == "cuda":
         return {"peak": torch.cuda.max_memory_allocated(), "increase": torch.cuda.max_memory_allocated() - base, "unit": "bytes (cuda)"}
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak": peak * 1024, "increase": (peak - base_rss) * 1024, "unit": "bytes (peak RSS)"}
+    peak = _proc_status("VmHWM")
+    return {"peak": peak, "increase": peak - base, "unit": "bytes (peak RSS during training steps)"}
+
+
+def _proc_status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status (peak memory on CPU needs Linux)")
 
 
 def peak_memory(model: str, batch: int, steps: int) -> dict:
@@ -119,9 +129,11 @@ def main() -> None:
     result = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {device}",
               "theoretical_ratio": round(THEORETICAL, 4)}
     digits = interleaved_times(digits_engine, args.batch, args.steps, args.warmup, device)
+    fp32 = interleaved_times(lambda s, b, d: digits_engine(s, b, d, "no"), args.batch, args.steps, args.warmup, device)
     mem = peak_memory("digits", args.batch, max(3, args.steps // 4))
     result.update({"scfm_over_fm_step_time": round(digits["ratio"], 4), "scfm_over_fm_peak_memory": round(mem["ratio"], 4),
-                   "digits": {**digits, "memory": mem, "batch": args.batch}})
+                   "scfm_fp32_targets_over_fm_step_time": round(fp32["ratio"], 4),
+                   "digits": {**digits, "memory": mem, "batch": args.batch}, "digits_fp32_targets": {**fp32, "batch": args.batch}})
     if args.flux:
         flux = interleaved_times(flux_engine, 2, args.steps, args.warmup, device)
         result["flux_tiny"] = {**flux, "memory": peak_memory("flux", 2, max(3, args.steps // 4)), "batch": 2}
@@ -129,11 +141,12 @@ def main() -> None:
         print(json.dumps(result))
         return
     print(f"machine: {result['machine']}")
-    print(f"{'model':10} {'scfm ms':>9} {'fm ms':>9} {'ratio':>7} {'theory':>7} {'peak mem ratio':>15}")
-    for name in ("digits", "flux_tiny"):
+    print(f"{'model':20} {'scfm ms':>9} {'fm ms':>9} {'ratio':>7} {'theory':>7} {'peak mem ratio':>15}")
+    for name in ("digits", "digits_fp32_targets", "flux_tiny"):
         if name in result:
             r = result[name]
-            print(f"{name:10} {r['scfm_ms']:9.1f} {r['fm_ms']:9.1f} {r['ratio']:7.3f} {THEORETICAL:7.3f} {r['memory']['ratio']:15.3f}")
+            mem = f"{r['memory']['ratio']:15.3f}" if "memory" in r else f"{'':>15}"
+            print(f"{name:20} {r['scfm_ms']:9.1f} {r['fm_ms']:9.1f} {r['ratio']:7.3f} {THEORETICAL:7.3f} {mem}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ def digits_config(**overrides) -> DistillConfig:
 
     Measured choices (BENCHMARKS.md): the slow EMA beats the raw student at every step count;
     self grids weighted toward 2-step jumps (n = 4 three times) gave the best 2-step FD;
-    more steps than 300 did not help (FD plateaus by step 250 at this learning rate).
+    more steps than 300 did not help (FD plateaus by step 250 at this learning rate);
+    bf16 target passes cut training time by about 25% on CPUs with AMX at no measured FD cost.
     """
     values = dict(
         max_steps=300,
@@ -37,6 +38,7 @@ def digits_config(**overrides) -> DistillConfig:
         fast_decay=0.9,
         slow_decay=0.99,
         final_weights="slow_ema",
+        target_precision="bf16",
         log_every=10,
     )
     values.update(overrides)

@@ -66,7 +66,7 @@ def _velocity_on_rows(
     out.index_copy_(0, index, v.to(out.dtype))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def shortcut_target(
     x_t: torch.Tensor,
     x0: torch.Tensor,
@@ -78,7 +78,8 @@ def shortcut_target(
     """Build targets for a batch: x_t, x0, eps [B, ...]; plan over B rows; cond batched by row.
 
     Each sub-step m: ``v = V(x, t)``, ``acc += dt_m v``, ``x -= dt_m v``, ``t -= dt_m``;
-    the target is ``acc / D`` with ``D = sum_m dt_m``. Runs without gradient.
+    the target is ``acc / D`` with ``D = sum_m dt_m``. Runs in inference mode (no autograd
+    bookkeeping); the returned tensors are constants for the loss.
     """
     k, half = plan.t_skip, plan.t_skip // 2
     shortcut = plan.is_shortcut

@@ -54,7 +54,7 @@ class Distiller:
         self.names = [_strip(n) for n, _ in named]
         self.params = [p for _, p in named]
         self.ema = FastSlowEMA(self.names, self.params, config.fast_decay, config.slow_decay)
-        self.step_fn = ShortcutStep(self.model, self.params, self.ema, config.plan_config(), config.mixed_precision)
+        self.step_fn = ShortcutStep(self.model, self.params, self.ema, config.plan_config(), config.mixed_precision, config.target_precision)
         self.opt = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.mixed_precision == "fp16")

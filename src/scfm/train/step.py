@@ -36,26 +36,28 @@ class ShortcutStep:
     """Computes the SCFM loss for a batch with the student, both EMAs and the teacher
     (LoRA off) of one model. ``params`` are the live LoRA parameters."""
 
-    def __init__(self, model: nn.Module, params: list[nn.Parameter], ema: FastSlowEMA, plan_cfg: PlanConfig, mixed_precision: str = "no") -> None:
+    def __init__(self, model: nn.Module, params: list[nn.Parameter], ema: FastSlowEMA, plan_cfg: PlanConfig,
+                 mixed_precision: str = "no", target_precision: str = "same") -> None:
         self.model, self.params, self.ema, self.plan_cfg = model, params, ema, plan_cfg
         self.switch = WeightSwitch(model, params)
         self.mixed_precision = mixed_precision
+        self.target_precision = mixed_precision if target_precision == "same" else target_precision
 
-    def _forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
-        with autocast_context(x.device, self.mixed_precision):
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, Any], precision: str | None = None) -> torch.Tensor:
+        with autocast_context(x.device, precision or self.mixed_precision):
             return self.model(x, t, **cond).float()
 
     def _teacher(self, x, t, cond):
         with self.switch.teacher():
-            return self._forward(x, t, cond)
+            return self._forward(x, t, cond, self.target_precision)
 
     def _fast(self, x, t, cond):
         with self.switch.use(self.ema.fast):
-            return self._forward(x, t, cond)
+            return self._forward(x, t, cond, self.target_precision)
 
     def _slow(self, x, t, cond):
         with self.switch.use(self.ema.slow):
-            return self._forward(x, t, cond)
+            return self._forward(x, t, cond, self.target_precision)
 
     def sources(self) -> VelocitySources:
         return VelocitySources(teacher=self._teacher, fast=self._fast, slow=self._slow)
