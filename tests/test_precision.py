@@ -41,3 +41,16 @@ def test_gradient_checkpointing_on_a_model_without_it_is_rejected():
     config = scfm.DistillConfig(max_steps=1, lora_targets=("fc1",), gradient_checkpointing=True)
     with pytest.raises(ValueError, match="gradient_checkpointing=True but VelocityMLP2D"):
         scfm.distill(model, iter([{"x0": torch.randn(4, 2)}]), config, progress=False)
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_like_eager():
+    from scfm.data.batches import Toy2DBatches
+    from scfm.models.builtin import load_shipped_teacher
+    from scfm.presets import toy2d_config
+
+    def loss(compile_):
+        cfg = toy2d_config(max_steps=10, compile=compile_, log_every=10)
+        return scfm.distill(load_shipped_teacher("toy2d:8gaussians"), Toy2DBatches("8gaussians", 64), cfg, progress=False).history[-1]["loss"]
+
+    assert loss(True) == pytest.approx(loss(False), rel=1e-3)
