@@ -13,7 +13,6 @@ import argparse
 import json
 import time
 
-import torch
 
 import scfm
 from scfm.data.batches import DigitsBatches

@@ -1,5 +1,6 @@
 """Pure-torch SCFM math: time grids, shortcut plans, targets and the loss."""
 
+from scfm.objective.flow import flow_matching_target, interpolate
 from scfm.objective.grids import (
     FIRST_POINT,
     base_grid,
@@ -9,3 +10,12 @@ from scfm.objective.grids import (
     shift_resolution,
     time_grid,
 )
+from scfm.objective.loss import ShortcutLoss, consistency_residual, scfm_loss
+from scfm.objective.plans import PlanConfig, ShortcutPlan, draw_plan
+from scfm.objective.targets import ShortcutTarget, VelocitySources, shortcut_target
+
+__all__ = [
+    "FIRST_POINT", "PlanConfig", "ShortcutLoss", "ShortcutPlan", "ShortcutTarget", "VelocitySources",
+    "base_grid", "batched_grid_points", "consistency_residual", "draw_plan", "flow_matching_target",
+    "interpolate", "resolution_mu", "scfm_loss", "shift_fixed", "shift_resolution", "shortcut_target", "time_grid",
+]

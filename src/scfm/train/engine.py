@@ -121,12 +121,13 @@ class Distiller:
         (``nan_policy='skip'``). Raises ``FloatingPointError`` for ``nan_policy='stop'``.
         """
         self.opt.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
+        totals = None
         for batch in batches:
             loss, stats = self.micro_loss(batch)
             self.scaler.scale(loss / len(batches)).backward()
-            for key, value in stats.items():
-                sums[key] = sums.get(key, 0.0) + float(value) / len(batches)
+            stacked = torch.stack([v.float() for v in stats.values()]) / len(batches)
+            totals = stacked if totals is None else totals + stacked
+        sums = dict(zip(stats.keys(), totals.tolist()))  # one device sync per step for all stats
         if self._all_reduce_flag(not math.isfinite(sums["loss"])):
             return self._non_finite(sums["loss"])
         self._all_reduce_grads()
