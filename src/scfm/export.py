@@ -1,0 +1,128 @@
+"""Export a distilled diffusers LoRA for use outside scfm (diffusers pipelines, ComfyUI).
+
+Two formats, both plain safetensors:
+
+:func:`export_diffusers_lora` - diffusers / peft key format::
+
+    transformer.<module path>.lora_A.weight   [rank, in]
+    transformer.<module path>.lora_B.weight   [out, rank]
+
+which ``FluxPipeline.load_lora_weights``, ``StableDiffusion3Pipeline.load_lora_weights`` and
+``transformer.load_lora_adapter(path, prefix="transformer")`` accept as is (ComfyUI reads the
+same keys for Flux and SD3). This format has no per-module alpha: diffusers builds the peft
+config with ``lora_alpha = rank`` (scale 1, ``W + B @ A``) when the file carries no alphas.
+So the LoRA scale of each layer (``alpha / rank`` as trained, read from the peft layer) is
+BAKED INTO ``lora_B``: the file's ``B @ A`` is exactly the delta the distilled model applies.
+(Consequently ``lora_B`` in the file differs from ``DistilledModel.save``'s ``lora_B`` by that
+factor whenever ``lora_alpha != lora_rank``.)
+
+:func:`export_kohya_lora` - kohya-style keys (``lora_down`` / ``lora_up`` / ``alpha``) under
+the OneTrainer prefix ``lora_transformer_``::
+
+    lora_transformer_<module path, "." -> "_">.lora_down.weight   (= lora_A)
+    lora_transformer_<module path, "." -> "_">.lora_up.weight     (= lora_B, unscaled)
+    lora_transformer_<module path, "." -> "_">.alpha              (0-dim float32 tensor)
+
+with the module path the diffusers one (``transformer_blocks_0_attn_to_q``, not the BFL
+``double_blocks_0_img_attn_qkv``); the delta is ``alpha / rank * up @ down``, exactly the
+trained one. ComfyUI maps ``lora_transformer_<diffusers path>`` onto its Flux and SD3 models
+(the "OneTrainer" entries of ``comfy.lora.model_lora_keys_unet``). ``lora_unet_`` is not used:
+for Flux that prefix means BFL module names (fused qkv), which would need re-packing.
+diffusers' own Flux kohya loader (``_convert_kohya_flux_lora_to_diffusers``, the
+``lora_transformer_`` "mixture" branch) reads these keys with the correct alpha scaling, but
+only maps the attention projections and the top-level embedders/output layers; it does not
+map feed-forward, adaptive-norm or single-block MLP layers (it raises or misnames them), so
+use :func:`export_diffusers_lora` for diffusers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from scfm.fileio import atomic_save_safetensors
+from scfm.weights.lora import ADAPTER, has_lora
+
+PREFIX = "transformer"
+KOHYA_PREFIX = "lora_transformer_"
+
+
+def _diffusers_model(result: Any) -> nn.Module:
+    model = getattr(result, "model", result)
+    if not isinstance(model, nn.Module) or not isinstance(getattr(model, "transformer", None), nn.Module):
+        raise ValueError(
+            f"export needs a distilled diffusers adapter (scfm.models FluxAdapter / SD3Adapter, whose "
+            f"`.transformer` is the diffusers transformer); got {type(model).__name__} without a `.transformer`. "
+            "Distill a model wrapped in its adapter (e.g. FluxAdapter(transformer)), or save a non-diffusers "
+            "result with DistilledModel.save()."
+        )
+    if not has_lora(model.transformer):
+        raise ValueError(
+            f"{type(model).__name__}.transformer carries no LoRA layers; export the DistilledModel returned by "
+            "scfm.distill (or scfm.load), not the bare teacher"
+        )
+    return model
+
+
+def lora_factors(result: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+    """``{diffusers module path: (A [r, in], B [out, r], scale)}`` of the transformer's LoRA, where the
+    layer's delta is ``scale * B @ A`` (scale = the peft layer's ``scaling``, alpha / rank)."""
+    from peft.tuners.lora import LoraLayer
+
+    model = _diffusers_model(result)
+    out: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
+    for name, module in model.transformer.named_modules():
+        if not isinstance(module, LoraLayer) or ADAPTER not in module.lora_A:
+            continue
+        if getattr(module, "use_dora", {}).get(ADAPTER, False):
+            raise ValueError(f"DoRA layer {name} cannot be exported as a plain LoRA")
+        if module.lora_B[ADAPTER].bias is not None:
+            raise ValueError(f"LoRA layer {name} has a lora_B bias; export supports bias-free LoRA only")
+        a = module.lora_A[ADAPTER].weight.detach()
+        b = module.lora_B[ADAPTER].weight.detach()
+        out[name] = (a, b, float(module.scaling[ADAPTER]))
+    return out
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return t.to(dtype) if dtype is not None else t
+
+
+def export_diffusers_lora(result: Any, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+    """Write the LoRA of a distilled Flux/SD3 adapter as a diffusers-format safetensors file.
+
+    Keys ``transformer.<module path>.lora_A.weight`` / ``.lora_B.weight``; the per-layer scale
+    ``alpha / rank`` is multiplied into ``lora_B`` (the format has no alpha; diffusers loads it with
+    scale 1), so the loaded delta is exact. Load with ``pipe.load_lora_weights(path)`` or
+    ``transformer.load_lora_adapter(path, prefix="transformer")``. ``dtype`` casts the tensors
+    (default: as trained, float32). Raises ``ValueError`` when ``result`` is not a diffusers adapter.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    for name, (a, b, scale) in lora_factors(result).items():
+        tensors[f"{PREFIX}.{name}.lora_A.weight"] = _cast(a, dtype)
+        tensors[f"{PREFIX}.{name}.lora_B.weight"] = _cast(b.float() * scale, dtype)
+    return atomic_save_safetensors(tensors, path, metadata={"format": "pt"})
+
+
+def kohya_name(module_path: str) -> str:
+    """``transformer_blocks.0.attn.to_q`` -> ``lora_transformer_transformer_blocks_0_attn_to_q``."""
+    return KOHYA_PREFIX + module_path.replace(".", "_")
+
+
+def export_kohya_lora(result: Any, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+    """Write the LoRA as kohya-style keys for ComfyUI (see the module docstring for the naming).
+
+    Per layer: ``<name>.lora_down.weight`` = A, ``<name>.lora_up.weight`` = B and ``<name>.alpha``
+    = scale * rank (the trained lora_alpha), so that ``alpha / rank * up @ down`` is the exact delta.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    for name, (a, b, scale) in lora_factors(result).items():
+        key = kohya_name(name)
+        tensors[f"{key}.lora_down.weight"] = _cast(a, dtype)
+        tensors[f"{key}.lora_up.weight"] = _cast(b, dtype)
+        tensors[f"{key}.alpha"] = torch.tensor(scale * a.shape[0], dtype=torch.float32)
+    return atomic_save_safetensors(tensors, path, metadata={"format": "pt"})
