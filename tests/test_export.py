@@ -7,7 +7,6 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from diffusers import FluxTransformer2DModel, SD3Transformer2DModel  # noqa: E402
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
@@ -19,25 +18,9 @@ from scfm.weights.lora import lora_named_parameters  # noqa: E402
 
 pytestmark = pytest.mark.diffusers
 
-C, H, W, L, D = 4, 8, 6, 5, 32
+from test_adapters import C, D, H, L, W, tiny_flux, tiny_sd3  # noqa: E402  (shared tiny models)
+
 RANK, ALPHA = 2, 4.0  # alpha != rank: the scale 2 must survive the export
-
-
-def tiny_flux(seed=0):
-    torch.manual_seed(seed)
-    return FluxTransformer2DModel(
-        patch_size=1, in_channels=4 * C, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=D, pooled_projection_dim=16, guidance_embeds=True,
-        axes_dims_rope=(4, 6, 6),
-    ).eval()
-
-
-def tiny_sd3(seed=0):
-    torch.manual_seed(seed)
-    return SD3Transformer2DModel(
-        sample_size=16, patch_size=2, in_channels=C, num_layers=1, attention_head_dim=8, num_attention_heads=4,
-        caption_projection_dim=32, joint_attention_dim=D, pooled_projection_dim=16, out_channels=C, pos_embed_max_size=16,
-    ).eval()
 
 
 def cond(b, seed, flux):
