@@ -4,8 +4,10 @@ Both variants run through the same engine (`Distiller`): the plain fine-tune is 
 ``fm_ratio = 1`` (every row takes the target eps - x0, so no target passes run). Step times
 are interleaved in one process (A, B, A, B, ...) after warm-up; we report medians and the
 median of per-pair ratios. Peak memory: each variant runs in a fresh subprocess and
-reports the peak resident set size over its training steps (Linux VmHWM, reset just
-before them) and the increase over the RSS at that point (CPU); on CUDA, torch.cuda.max_memory_allocated.
+reports the peak of live tensor memory over its training steps (CUDA:
+torch.cuda.max_memory_allocated; CPU: the same from the profiler's allocation events),
+and on CPU also the peak resident set size (Linux VmHWM), which includes allocator and
+oneDNN caches.
 
     python bench/cost.py            # table
     python bench/cost.py --json     # one JSON object
@@ -75,7 +77,14 @@ def interleaved_times(make, batch: int, steps: int, warmup: int, device: torch.d
 
 
 def _peak_child(model: str, scfm: bool, batch: int, steps: int) -> dict:
-    """Run in a subprocess: train `steps` steps and report peak memory."""
+    """Run in a subprocess: train `steps` steps and report peak memory.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (live tensor bytes). CPU: the same quantity,
+    the peak of live tensor bytes, from the profiler's allocation and free events (each op's
+    self memory in time order), plus the process's peak RSS (VmHWM) as a second figure.
+    RSS also counts what the allocator and oneDNN keep around (bf16 kernels, freed blocks),
+    so it differs between variants even when the tensors alive at the peak are the same.
+    """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     make = digits_engine if model == "digits" else flux_engine
     engine, data = make(scfm, batch, device)
@@ -84,15 +93,28 @@ def _peak_child(model: str, scfm: bool, batch: int, steps: int) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak-RSS mark (VmHWM)
-        base = _proc_status("VmRSS")
-    for _ in range(steps):
-        engine.train_step([next(it)])
-    if device.type == "cuda":
+        for _ in range(steps):
+            engine.train_step([next(it)])
         return {"peak": torch.cuda.max_memory_allocated(), "increase": torch.cuda.max_memory_allocated() - base, "unit": "bytes (cuda)"}
-    peak = _proc_status("VmHWM")
-    return {"peak": peak, "increase": peak - base, "unit": "bytes (peak RSS during training steps)"}
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak-RSS mark (VmHWM)
+    base_rss = _proc_status("VmRSS")
+    live = _live_tensor_peak(lambda: [engine.train_step([next(it)]) for _ in range(steps)])
+    rss = _proc_status("VmHWM")
+    return {"peak": live, "unit": "bytes (peak live tensor memory during training steps)", "rss_peak": rss, "rss_increase": rss - base_rss}
+
+
+def _live_tensor_peak(work) -> int:
+    """Peak of live tensor bytes allocated while ``work()`` runs (CPU profiler memory events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        work()
+    deltas = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events())
+    live = peak = 0
+    for _, delta in deltas:
+        live += delta
+        peak = max(peak, live)
+    return peak
 
 
 def _proc_status(field: str) -> int:
@@ -109,6 +131,8 @@ def peak_memory(model: str, batch: int, steps: int) -> dict:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
     out["ratio"] = out["scfm"]["peak"] / out["fm"]["peak"]
+    if "rss_peak" in out["scfm"]:
+        out["rss_ratio"] = out["scfm"]["rss_peak"] / out["fm"]["rss_peak"]
     return out
 
 
@@ -132,6 +156,7 @@ def main() -> None:
     fp32 = interleaved_times(lambda s, b, d: digits_engine(s, b, d, "no"), args.batch, args.steps, args.warmup, device)
     mem = peak_memory("digits", args.batch, max(3, args.steps // 4))
     result.update({"scfm_over_fm_step_time": round(digits["ratio"], 4), "scfm_over_fm_peak_memory": round(mem["ratio"], 4),
+                   "scfm_over_fm_peak_rss": round(mem["rss_ratio"], 4) if "rss_ratio" in mem else None,
                    "scfm_fp32_targets_over_fm_step_time": round(fp32["ratio"], 4),
                    "digits": {**digits, "memory": mem, "batch": args.batch}, "digits_fp32_targets": {**fp32, "batch": args.batch}})
     if args.flux:
@@ -141,11 +166,11 @@ def main() -> None:
         print(json.dumps(result))
         return
     print(f"machine: {result['machine']}")
-    print(f"{'model':20} {'scfm ms':>9} {'fm ms':>9} {'ratio':>7} {'theory':>7} {'peak mem ratio':>15}")
+    print(f"{'model':20} {'scfm ms':>9} {'fm ms':>9} {'ratio':>7} {'theory':>7} {'peak mem ratio':>15} {'peak RSS ratio':>15}")
     for name in ("digits", "digits_fp32_targets", "flux_tiny"):
         if name in result:
             r = result[name]
-            mem = f"{r['memory']['ratio']:15.3f}" if "memory" in r else f"{'':>15}"
+            mem = f"{r['memory']['ratio']:15.3f} {r['memory'].get('rss_ratio', float('nan')):15.3f}" if "memory" in r else f"{'':>15}"
             print(f"{name:20} {r['scfm_ms']:9.1f} {r['fm_ms']:9.1f} {r['ratio']:7.3f} {THEORETICAL:7.3f} {mem}")
 
 

@@ -138,3 +138,12 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_continues(tmp_path):
 def test_resume_of_a_missing_run_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         scfm.distill(Field(), data_with_nan_at(set()), config(tmp_path), progress=False, resume="latest")
+
+
+def test_lr_factor_warms_up_then_decays_to_the_final_ratio():
+    from scfm.train.engine import lr_factor
+
+    assert [lr_factor(s, 4, 20, "constant", 0.0) for s in (0, 3, 4, 19)] == [0.25, 1.0, 1.0, 1.0]
+    assert lr_factor(19, 4, 20, "cosine", 0.1) == pytest.approx(0.1) and lr_factor(19, 4, 20, "linear", 0.0) == pytest.approx(0.0)
+    mid = lr_factor(11, 4, 20, "cosine", 0.0)  # half way through the decay
+    assert mid == pytest.approx(0.5) and lr_factor(11, 4, 20, "linear", 0.0) == pytest.approx(0.5)

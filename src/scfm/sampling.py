@@ -17,7 +17,7 @@ from torch import nn
 
 from scfm.objective.grids import time_grid
 
-SOLVERS = ("euler", "heun", "dpmpp2m")
+SOLVERS = ("euler", "heun", "dpmpp2m", "consistency")
 
 
 def solver_nfe(solver: str, steps: int) -> int:
@@ -82,7 +82,24 @@ def dpmpp2m(model: Callable[..., torch.Tensor], x: torch.Tensor, grid: torch.Ten
     return x
 
 
-_SOLVER_FNS = {"euler": euler, "heun": heun, "dpmpp2m": dpmpp2m}
+def consistency(model: Callable[..., torch.Tensor], x: torch.Tensor, grid: torch.Tensor, cond: dict[str, Any],
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Multistep consistency sampling (the LCM sampler): at each grid point take the implied
+    data ``x0 = x - t v`` and re-noise it to the next point with fresh noise from
+    ``generator`` (on x's device; seeded 0 when None). One step is an Euler step."""
+    ts = grid.tolist()
+    if generator is None:
+        generator = torch.Generator(device=x.device).manual_seed(0)
+    for t_now, t_next in zip(ts[:-1], ts[1:]):
+        x0 = x - t_now * _velocity(model, x, t_now, cond)
+        if t_next <= 0:
+            return x0
+        fresh = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = (1.0 - t_next) * x0 + t_next * fresh
+    return x
+
+
+_SOLVER_FNS = {"euler": euler, "heun": heun, "dpmpp2m": dpmpp2m, "consistency": consistency}
 
 
 @torch.no_grad()
@@ -93,12 +110,14 @@ def sample(
     solver: str = "euler",
     shift: float = 1.0,
     lora_scale: float | None = None,
+    generator: torch.Generator | None = None,
     **cond: Any,
 ) -> torch.Tensor:
     """Integrate ``noise`` [B, ...] from t = 1 to t = 0 in ``steps`` steps; returns x0 [B, ...].
 
     ``shift`` applies the fixed shift to the grid; ``lora_scale`` multiplies the LoRA delta of
-    a distilled model (fewer steps often like 1-1.75). ``cond`` goes to every model call.
+    a distilled model (fewer steps often like 1-1.75). ``generator`` feeds the re-noising of
+    the stochastic ``consistency`` solver (others ignore it). ``cond`` goes to every model call.
     A ``DistilledModel`` (from :func:`scfm.distill`) can be passed directly.
     """
     _check(solver, steps)
@@ -120,6 +139,8 @@ def sample(
         module.eval()
     try:
         with scale_ctx, student_ctx:
+            if solver == "consistency":
+                return consistency(module, noise, grid, cond, generator)
             return _SOLVER_FNS[solver](module, noise, grid, cond)
     finally:
         if isinstance(module, nn.Module):

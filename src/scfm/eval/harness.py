@@ -33,10 +33,11 @@ class DigitsEvalSet:
 
 def sample_digits(model: Callable, evalset: DigitsEvalSet, steps: int, solver: str = "euler", batch: int = 500, **kw) -> torch.Tensor:
     """Sample the eval set in chunks of ``batch``; returns images [N, 1, 8, 8]."""
-    outs = [
-        sample(model, evalset.noise[i : i + batch], steps=steps, solver=solver, label=evalset.labels[i : i + batch], **kw)
-        for i in range(0, evalset.noise.shape[0], batch)
-    ]
+    outs = []
+    for i in range(0, evalset.noise.shape[0], batch):
+        if solver == "consistency":  # its re-noising is seeded per chunk, so rows are reproducible
+            kw["generator"] = torch.Generator(device=evalset.noise.device).manual_seed(i)
+        outs.append(sample(model, evalset.noise[i : i + batch], steps=steps, solver=solver, label=evalset.labels[i : i + batch], **kw))
     return torch.cat(outs)
 
 

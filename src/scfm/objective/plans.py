@@ -7,7 +7,7 @@ with masks over the one batch: the flow-matching, teacher and self rows never ge
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -88,6 +88,11 @@ class ShortcutPlan:
     t: torch.Tensor
     dt: torch.Tensor
     t_skip: int = field(default=2)
+
+    def select(self, rows: slice) -> "ShortcutPlan":
+        """The plan of rows ``rows`` (a process's slice of the global batch)."""
+        names = ("is_fm", "is_teacher", "n", "shift", "start", "t", "dt")
+        return replace(self, **{name: getattr(self, name)[rows] for name in names})
 
     @property
     def is_self(self) -> torch.Tensor:

@@ -13,6 +13,12 @@ FINAL_WEIGHTS = ("slow_ema", "fast_ema", "student")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 NAN_POLICIES = ("stop", "skip")
 LOGGERS = ("tensorboard", "wandb", "jsonl", "none")
+CFG_MODES = ("runtime", "baked", "none")
+MODEL_DTYPES = ("fp32", "bf16", "fp16")
+DIFFUSERS_PREFIX = "diffusers:"
+CACHE_PREFIX = "cache:"
+LR_SCHEDULES = ("constant", "cosine", "linear")
+OBJECTIVES = ("scfm", "lcm")
 
 
 @dataclass
@@ -26,6 +32,10 @@ class DistillConfig:
     """AdamW learning rate (constant after warm-up)."""
     warmup_steps: int = 0
     """Linear learning-rate warm-up steps."""
+    lr_schedule: str = "constant"
+    """After warm-up: 'constant' (spec), 'cosine' or 'linear' decay to ``lr * lr_final_ratio`` at ``max_steps``."""
+    lr_final_ratio: float = 0.0
+    """Final learning rate as a fraction of ``lr`` for the decaying schedules, in [0, 1]."""
     weight_decay: float = 0.0
     """AdamW weight decay on the LoRA tensors."""
     grad_clip: float = 10.0
@@ -39,6 +49,9 @@ class DistillConfig:
     """Module-name suffixes of the Linear layers that get a LoRA (or one regex starting with '^')."""
     lora_dropout: float = 0.0
     # shortcut plans
+    objective: str = "scfm"
+    """Training objective: 'scfm' (the method) or 'lcm' (latent consistency distillation, the
+    benchmark baseline: times on the ``teacher_min``-step grid, slow EMA as target network)."""
     t_skip: int = 2
     """Sub-steps per shortcut jump (even)."""
     teacher_ratio: float = 0.4
@@ -98,9 +111,22 @@ class DistillConfig:
     validate_every: int = 0
     """Steps between validation grids (built-in models); 0 = off."""
     teacher: str = "digits"
-    """Teacher for `scfm distill`: 'digits' (shipped), 'toy2d:<name>' (shipped 2-D), or a built-in model file."""
+    """Teacher for `scfm distill`: 'digits' (shipped), 'toy2d:<name>' (shipped 2-D), a built-in model file,
+    or 'diffusers:<pipeline folder or Hub id>' (Flux / SD3: only its transformer is loaded)."""
     data: str = "digits"
-    """Data for `scfm distill`: 'digits', 'toy2d:<name>'."""
+    """Data for `scfm distill`: 'digits', 'toy2d:<name>', or 'cache:<dir>' (a teacher cache from `scfm generate-data`)."""
+    # diffusers teachers (teacher: diffusers:...)
+    cfg_mode: str = "runtime"
+    """True-CFG families (SD3): 'runtime' (official: CFG stays at inference), 'baked' (one-pass student) or 'none'."""
+    cfg_scale: float = 3.5
+    """True-CFG w in v_c + w (v_c - v_neg) (diffusers' SD3 pipeline guidance_scale = w + 1)."""
+    guidance_min: float = 0.0
+    guidance_max: float = 7.5
+    """Guidance-distilled families (Flux.1-dev): per-sample embedded guidance ~ U[guidance_min, guidance_max]."""
+    model_dtype: str = "fp32"
+    """dtype of the frozen diffusers transformer weights: 'fp32', 'bf16' or 'fp16' (LoRA stays fp32)."""
+    local_files_only: bool = False
+    """Load diffusers models from local folders / the Hugging Face cache only (no download)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form fields kept with the run (presets, notes)."""
 
@@ -137,6 +163,12 @@ class DistillConfig:
         for name in ("weight_decay", "grad_clip"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective={self.objective!r} must be one of {OBJECTIVES}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule={self.lr_schedule!r} must be one of {LR_SCHEDULES}")
+        if not 0.0 <= self.lr_final_ratio <= 1.0:
+            raise ValueError(f"lr_final_ratio={self.lr_final_ratio!r} must lie in [0, 1]")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora_dropout={self.lora_dropout!r} must lie in [0, 1)")
         for name in ("fast_decay", "slow_decay"):
@@ -154,8 +186,32 @@ class DistillConfig:
             raise ValueError(f"logger={self.logger!r} must be one of {LOGGERS}")
         if not self.lora_targets:
             raise ValueError("lora_targets=() is empty: name at least one Linear module suffix")
+        self._validate_diffusers()
         self.plan_config().validate()
         return self
+
+    def _validate_diffusers(self) -> None:
+        """The diffusers-teacher fields and the teacher/data pairing."""
+        if self.cfg_mode not in CFG_MODES:
+            raise ValueError(f"cfg_mode={self.cfg_mode!r} must be one of {CFG_MODES}")
+        if not self.cfg_scale >= 0:
+            raise ValueError(f"cfg_scale={self.cfg_scale!r} must be >= 0 (0 = no guidance)")
+        if not 0 <= self.guidance_min <= self.guidance_max:
+            raise ValueError(f"guidance_min={self.guidance_min!r}, guidance_max={self.guidance_max!r}: need 0 <= guidance_min <= guidance_max")
+        if self.model_dtype not in MODEL_DTYPES:
+            raise ValueError(f"model_dtype={self.model_dtype!r} must be one of {MODEL_DTYPES}")
+        diffusers_teacher = self.teacher.startswith(DIFFUSERS_PREFIX)
+        cache_data = self.data.startswith(CACHE_PREFIX)
+        if diffusers_teacher and not self.teacher[len(DIFFUSERS_PREFIX):].strip():
+            raise ValueError(f"teacher={self.teacher!r} names no model: use diffusers:<pipeline folder or Hub id>")
+        if cache_data and not self.data[len(CACHE_PREFIX):].strip():
+            raise ValueError(f"data={self.data!r} names no folder: use cache:<dir written by scfm generate-data>")
+        if diffusers_teacher and not cache_data:
+            raise ValueError(f"teacher={self.teacher!r} distills from a teacher cache: set data: cache:<dir> (make one with scfm generate-data), not data={self.data!r}")
+        if cache_data and not diffusers_teacher:
+            raise ValueError(f"data={self.data!r} is a diffusers teacher cache: set teacher: diffusers:<the model the cache was made with>, not teacher={self.teacher!r}")
+        if diffusers_teacher and self.validate_every:
+            raise ValueError(f"validate_every={self.validate_every} works for built-in models only; set it to 0 for a diffusers teacher and look at checkpoints with scfm sample")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

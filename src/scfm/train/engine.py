@@ -16,11 +16,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from scfm.objective.plans import draw_plan
 from scfm.train.checkpoint import optimizer_from_tensors, optimizer_to_tensors
 from scfm.train.config import DistillConfig
 from scfm.train.result import DistilledModel
-from scfm.train.step import ShortcutStep
+from scfm.train.step import STEP_CLASSES
 from scfm.weights.ema import FastSlowEMA
 from scfm.weights.lora import attach_lora, init_lora, lora_named_parameters
 
@@ -34,6 +33,19 @@ def world() -> tuple[int, int]:
 
 def _strip(name: str) -> str:
     return name.replace(".default", "")
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str, final_ratio: float) -> float:
+    """Learning-rate multiplier at optimizer step ``step`` (0-based): linear warm-up over
+    ``warmup`` steps, then 1 ('constant') or a 'cosine' / 'linear' decay that reaches
+    ``final_ratio`` at step ``total``. Returns a float in [final_ratio, 1] after warm-up."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup + 1) / max(1, total - warmup))
+    decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+    return final_ratio + (1.0 - final_ratio) * decay
 
 
 class Distiller:
@@ -54,7 +66,7 @@ class Distiller:
         self.names = [_strip(n) for n, _ in named]
         self.params = [p for _, p in named]
         self.ema = FastSlowEMA(self.names, self.params, config.fast_decay, config.slow_decay)
-        self.step_fn = ShortcutStep(self.model, self.params, self.ema, config.plan_config(), config.mixed_precision, config.target_precision)
+        self.step_fn = STEP_CLASSES[config.objective](self.model, self.params, self.ema, config.plan_config(), config.mixed_precision, config.target_precision)
         self.opt = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.mixed_precision == "fp16")
@@ -65,7 +77,8 @@ class Distiller:
         self.history: list[dict[str, Any]] = []
 
     def _lr_factor(self, step: int) -> float:
-        return min(1.0, (step + 1) / max(1, self.config.warmup_steps))
+        c = self.config
+        return lr_factor(step, c.warmup_steps, c.max_steps, c.lr_schedule, c.lr_final_ratio)
 
     def _local_slice(self, size: int) -> slice:
         if size % self.world_size:
@@ -77,10 +90,10 @@ class Distiller:
         """Loss of this process's slice of one global batch (scaled for averaging over ranks)."""
         x0_all = batch["x0"]
         size = x0_all.shape[0]
-        plan = draw_plan(size, self.step_fn.plan_cfg, self.plan_gen, seq_len=self.seq_len_fn(x0_all) if self.seq_len_fn else None, dtype=x0_all.dtype, device=self.device)
+        plan = self.step_fn.draw(size, self.plan_gen, seq_len=self.seq_len_fn(x0_all) if self.seq_len_fn else None, dtype=x0_all.dtype, device=self.device)
         eps_all = torch.randn(x0_all.shape, generator=self.noise_gen, device=self.device, dtype=x0_all.dtype)
         local = self._local_slice(size)
-        plan = _slice_plan(plan, local)
+        plan = plan.select(local)
         x0 = x0_all[local].to(self.device, non_blocking=True)
         eps = eps_all[local]
         cond = {k: (v[local].to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == size else v) for k, v in batch.items() if k != "x0"}
@@ -195,10 +208,3 @@ class Distiller:
         out.use_weights(self.config.final_weights)
         self.model.eval()
         return out
-
-
-def _slice_plan(plan, local: slice):
-    from dataclasses import replace
-
-    fields = ("is_fm", "is_teacher", "n", "shift", "start", "t", "dt")
-    return replace(plan, **{f: getattr(plan, f)[local] for f in fields})

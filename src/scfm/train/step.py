@@ -9,9 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from scfm.objective.consistency import ConsistencyPlan, consistency_target, draw_consistency_plan, implied_x0
 from scfm.objective.flow import interpolate
-from scfm.objective.loss import ShortcutLoss, consistency_residual, scfm_loss
-from scfm.objective.plans import PlanConfig, ShortcutPlan
+from scfm.objective.loss import ShortcutLoss, consistency_residual, per_row_mse, scfm_loss
+from scfm.objective.plans import PlanConfig, ShortcutPlan, draw_plan
 from scfm.objective.targets import VelocitySources, shortcut_target
 from scfm.weights.ema import FastSlowEMA
 from scfm.weights.switch import WeightSwitch
@@ -62,6 +63,10 @@ class ShortcutStep:
     def sources(self) -> VelocitySources:
         return VelocitySources(teacher=self._teacher, fast=self._fast, slow=self._slow)
 
+    def draw(self, size: int, generator: torch.Generator, seq_len: int | None, dtype: torch.dtype, device: torch.device) -> ShortcutPlan:
+        """The plan for one global batch of ``size`` rows (randomness from ``generator``)."""
+        return draw_plan(size, self.plan_cfg, generator, seq_len=seq_len, dtype=dtype, device=device)
+
     def loss(self, x0: torch.Tensor, eps: torch.Tensor, plan: ShortcutPlan, cond: dict[str, Any]) -> StepOutput:
         """Targets (no grad) and the student's loss for x0, eps [B, ...] on the model's device,
         a plan over the same B rows, and cond batched by row."""
@@ -71,6 +76,32 @@ class ShortcutStep:
             pred = self._forward(x_t, plan.t, cond)
         loss = scfm_loss(pred, target.target, plan)
         return StepOutput(loss=loss, residual=consistency_residual(target.first_velocity, target.target, plan), batch_size=x0.shape[0])
+
+
+class ConsistencyStep(ShortcutStep):
+    """The LCM baseline (``objective: lcm``) on the same model, LoRA, EMAs and engine:
+    times from the fine grid of ``plan_cfg.teacher_min`` steps, teacher Euler step, the slow
+    EMA as target network, MSE between implied x0 (see :mod:`scfm.objective.consistency`).
+    Logged as the teacher part of the loss; the self/FM parts and the residual are nan."""
+
+    def draw(self, size: int, generator: torch.Generator, seq_len: int | None, dtype: torch.dtype, device: torch.device) -> ConsistencyPlan:
+        lo, hi = self.plan_cfg.shift_range
+        shift = lo + (hi - lo) * float(torch.rand((), generator=generator, dtype=torch.float64))
+        return draw_consistency_plan(size, self.plan_cfg.teacher_min, generator, shift=shift, dtype=dtype, device=device)
+
+    def loss(self, x0: torch.Tensor, eps: torch.Tensor, plan: ConsistencyPlan, cond: dict[str, Any]) -> StepOutput:
+        x_t = interpolate(x0, eps, plan.t)
+        target = consistency_target(x_t, plan, cond, self._teacher, self._slow)
+        with _student_pass(self.model):
+            pred = implied_x0(x_t, plan.t, self._forward(x_t, plan.t, cond))
+        rows = per_row_mse(pred, target)
+        nan = torch.full((), float("nan"), device=x0.device)
+        loss = ShortcutLoss(total=rows.mean(), teacher=rows.detach().mean(), self_=nan, fm=nan, per_row=rows.detach())
+        return StepOutput(loss=loss, residual=nan, batch_size=x0.shape[0])
+
+
+STEP_CLASSES = {"scfm": ShortcutStep, "lcm": ConsistencyStep}
+"""Training objectives by config name (``DistillConfig.objective``)."""
 
 
 def _student_pass(model: nn.Module):

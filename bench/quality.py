@@ -1,0 +1,215 @@
+"""Quality benchmarks on the built-in digits teacher: baselines, ablations, curves, few-shot.
+
+    python bench/quality.py baselines   # teacher solvers, SCFM and the LCM baseline vs steps
+    python bench/quality.py ablations   # SCFM ablations, 3 seeds each, mean and 95% interval
+    python bench/quality.py curves      # FD at 2 / 4 steps, self loss, residual vs training step
+    python bench/quality.py fewshot     # 10 training digits, 5 subsets, against full data
+    python bench/quality.py all
+
+Each table is printed, written to ``bench/results/<table>.json`` (plots next to it as PNG)
+and into its section of BENCHMARKS.md. Runs are cached in ``bench/results/runs.jsonl``
+(see ``bench/runs.py``), so an interrupted suite resumes; ``--jobs`` runs that many
+single-thread trainings side by side. FD: 1000 samples, eval noise seed 999.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+from runs import STEPS, run_all, spec
+from stats import fmt_ci, mean_ci
+
+from report import machine, write_json, write_section
+
+SEEDS = (0, 1, 2)
+LCM = {"objective": "lcm", "teacher_min": 16, "teacher_max": 16}
+"""The LCM baseline: same preset (lr, batch, rank, steps, EMA), consistency objective on a 16-step teacher grid."""
+
+
+def _row_cells(values_per_seed: list[list[float]]) -> list[str]:
+    return [fmt_ci([v[i] for v in values_per_seed]) for i in range(len(STEPS))]
+
+
+def _table(header: str, rows: list[tuple[str, list[list[float]]]]) -> str:
+    lines = [f"| {header} | " + " | ".join(f"FD {n}" for n in STEPS) + " |", "|---" * (len(STEPS) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(_row_cells(values)) + " |" for label, values in rows]
+    return "\n".join(lines)
+
+
+def _seeded(overrides: dict, seeds=SEEDS, **extra) -> list[dict]:
+    return [spec(overrides, seed=s, **extra) for s in seeds]
+
+
+def _fd(results: list[dict], key: str = "fd") -> list[list[float]]:
+    return [r[key] for r in results]
+
+
+# ---------------------------------------------------------------------------- baselines
+def baselines(jobs: int) -> str:
+    from scfm.eval.harness import DigitsEvalSet, score_rows
+    from scfm.eval.metrics import DigitsEvaluator
+    from scfm.models.builtin import load_shipped_teacher
+
+    evaluator, evalset = DigitsEvaluator(), DigitsEvalSet.make(1000, seed=999)
+    teacher = load_shipped_teacher("digits")
+    solver_rows = []
+    for solver, name in (("euler", "teacher Euler"), ("heun", "teacher Heun (NFE 2n-1)"), ("dpmpp2m", "teacher DPM-Solver++(2M)")):
+        fds = [r["fd"] for r in score_rows(teacher, "teacher", [(solver, n) for n in STEPS], evalset, evaluator)]
+        solver_rows.append((name, [fds]))
+    teacher32 = score_rows(teacher, "teacher", [("euler", 32)], evalset, evaluator)[0]["fd"]
+    scfm_runs = run_all(_seeded({}), jobs)
+    lcm_runs = run_all(_seeded(LCM, solver="consistency"), jobs)
+    lcm_euler = run_all(_seeded(LCM), jobs)
+    rows = solver_rows + [
+        ("SCFM student, Euler", _fd(scfm_runs)),
+        ("LCM-LoRA baseline, its multistep sampler", _fd(lcm_runs)),
+        ("LCM-LoRA baseline, Euler", _fd(lcm_euler)),
+    ]
+    seconds = [r["train_seconds"] for r in scfm_runs + lcm_runs]
+    write_json("baselines", {"machine": machine(), "steps": STEPS, "teacher_euler_32": teacher32, "seeds": SEEDS,
+                             "rows": [{"label": label, "fd_per_seed": values} for label, values in rows]})
+    _plot_baselines(rows, teacher32)
+    text = (
+        f"Teacher Euler at 32 steps: FD {teacher32:.2f}. Students: mean ± 95% t-interval over training seeds {list(SEEDS)}; "
+        f"teacher rows are deterministic. Equal training compute: both students train {scfm_runs[0]['spec']['overrides'] or 'the preset'} "
+        "with the same steps, batch, LoRA and EMA; per row each spends one student forward+backward and two no-grad forwards "
+        f"(SCFM: teacher/EMA sub-steps; LCM: teacher Euler step + target-network EMA). Training took {min(seconds):.0f}-{max(seconds):.0f} s per run "
+        "(one thread, two runs side by side).\n\n" + _table("sampler", rows) + "\n\n![FD vs steps](bench/results/baselines.png)"
+    )
+    return text
+
+
+def _plot_baselines(rows, teacher32: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, values in rows:
+        means = [mean_ci([v[i] for v in values])[0] for i in range(len(STEPS))]
+        ax.plot(STEPS, means, marker="o", label=label)
+    ax.axhline(teacher32, color="gray", ls="--", label="teacher Euler 32 steps")
+    ax.set(xlabel="steps", ylabel="FD (lower is better)", yscale="log", title="digits: quality vs steps")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig("bench/results/baselines.png", dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- ablations
+def ablation_groups() -> list[tuple[str, list[tuple[str, dict]]]]:
+    from scfm.presets import digits_config
+
+    base = digits_config()
+    fast_slow = [(f"fast {f} / slow {s}", {"fast_decay": f, "slow_decay": s}) for f in (0.9, 0.99) for s in (0.99, 0.999, 0.9999)]
+    return [
+        ("teacher_ratio", [(f"teacher_ratio {r}" + (" (teacher only)" if r == 1.0 else ""), {"teacher_ratio": r}) for r in (0.2, 0.4, 0.6, 1.0)]),
+        ("EMA", [(f"single EMA {base.slow_decay}", {"fast_decay": base.slow_decay, "slow_decay": base.slow_decay})] + fast_slow),
+        ("t_skip", [("t_skip 2", {}), ("t_skip 4 (self grids 4, 8, 8, 8, 16)", {"t_skip": 4, "self_grids": (4, 8, 8, 8, 16)})]),
+        ("EMA restarts", [("no restarts", {}), ("restart every 100 steps", {"ema_restart_every": 100})]),
+    ]
+
+
+def ablations(jobs: int) -> str:
+    from scfm.presets import digits_config
+
+    base = digits_config()
+    groups = ablation_groups()
+    all_specs = [s for _, rows in groups for _, o in rows for s in _seeded(o)]
+    run_all(all_specs, jobs)  # one pool over every group keeps both processes busy
+    parts, payload = [], {"machine": machine(), "steps": STEPS, "seeds": SEEDS, "groups": {}}
+    for name, rows in groups:
+        measured = [(label, run_all(_seeded(o), jobs)) for label, o in rows]
+        table_rows = [(label, _fd(r)) for label, r in measured]
+        student_rows = [(label + " (raw student)", _fd(r, "fd_student")) for label, r in measured]
+        payload["groups"][name] = [{"label": label, "overrides": o, "fd_per_seed": _fd(r), "fd_student_per_seed": _fd(r, "fd_student")}
+                                   for (label, o), (_, r) in zip(rows, measured)]
+        parts.append(f"**{name}** (final weights: {base.final_weights}; raw student below)\n\n" + _table(name, table_rows + student_rows))
+    write_json("ablations", payload)
+    head = (f"Each row: the digits preset with one change, training seeds {list(SEEDS)}, mean ± 95% t-interval "
+            f"(n = 3: the interval is wide; t = 4.30). Preset: fast {base.fast_decay}, slow {base.slow_decay}, "
+            f"teacher_ratio {base.teacher_ratio}, t_skip {base.t_skip}, {base.max_steps} steps.\n\n")
+    return head + "\n\n".join(parts)
+
+
+# ---------------------------------------------------------------------------- curves
+def curves(jobs: int) -> str:
+    every = 25
+    variants = [("SCFM preset", {}), ("teacher only (teacher_ratio 1.0)", {"teacher_ratio": 1.0})]
+    results = [(label, run_all([spec(o, seed=0, curve_every=every)], jobs)[0]) for label, o in variants]
+    _plot_curves(results)
+    write_json("curves", {"machine": machine(), "every": every, "runs": [{"label": label, "curve": r["curve"], "history": r["history"]} for label, r in results]})
+    lines = ["| run | step | FD 2 | FD 4 | self-branch loss | teacher-branch loss | consistency residual |", "|---|---|---|---|---|---|---|"]
+    for label, r in results:
+        hist = {h["step"]: h for h in r["history"]}
+        for point in r["curve"]:
+            if point["step"] % (4 * every) and point["step"] != r["curve"][-1]["step"]:
+                continue
+            h = hist.get(point["step"], {})
+            lines.append(f"| {label} | {point['step']} | {point['fd2']:.2f} | {point['fd4']:.2f} | {h.get('loss_self', float('nan')):.4f} | "
+                         f"{h.get('loss_teacher', float('nan')):.4f} | {h.get('consistency_residual', float('nan')):.4f} |")
+    return "Seed 0, FD of the final-weights copy every 25 steps (table: every 100).\n\n" + "\n".join(lines) + "\n\n![training curves](bench/results/curves.png)"
+
+
+def _plot_curves(results) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
+    for label, r in results:
+        steps = [p["step"] for p in r["curve"]]
+        axes[0].plot(steps, [p["fd2"] for p in r["curve"]], label=label)
+        axes[1].plot(steps, [p["fd4"] for p in r["curve"]], label=label)
+        hist = r["history"]
+        axes[2].plot([h["step"] for h in hist], [h["loss_self"] for h in hist], label=label)
+        axes[3].plot([h["step"] for h in hist], [h["consistency_residual"] for h in hist], label=label)
+    for ax, title in zip(axes, ("FD at 2 steps", "FD at 4 steps", "self-branch loss", "consistency residual")):
+        ax.set(title=title, xlabel="training step")
+        ax.set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig("bench/results/curves.png", dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- few-shot
+def fewshot(jobs: int) -> str:
+    subsets = (0, 1, 2, 3, 4)
+    few = run_all([spec({}, seed=0, shots=10, subset_seed=k) for k in subsets], jobs)
+    full = run_all(_seeded({}), jobs)
+    rows = [("full data (1437 digits), seeds 0-2", _fd(full)), ("10 digits, 5 random subsets", _fd(few))]
+    write_json("fewshot", {"machine": machine(), "steps": STEPS, "subsets": subsets, "rows": [{"label": label, "fd_per_run": v} for label, v in rows]})
+    return ("Distillation data = 10 training digits drawn at random (subset seeds 0-4, training seed 0), "
+            "everything else the preset; FD against the full training set.\n\n" + _table("data", rows))
+
+
+TABLES: dict[str, tuple[Callable[[int], str], str]] = {
+    "baselines": (baselines, "quality-baselines"),
+    "ablations": (ablations, "quality-ablations"),
+    "curves": (curves, "quality-curves"),
+    "fewshot": (fewshot, "quality-fewshot"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("table", choices=[*TABLES, "all"])
+    parser.add_argument("--jobs", type=int, default=2, help="trainings side by side, one thread each")
+    args = parser.parse_args()
+    for name in TABLES if args.table == "all" else [args.table]:
+        fn, section = TABLES[name]
+        start = time.perf_counter()
+        text = fn(args.jobs)
+        minutes = (time.perf_counter() - start) / 60
+        text += f"\n\nRegenerate: `python bench/quality.py {name} --jobs {args.jobs}` ({machine()}; this run: {minutes:.0f} min, cached runs excluded)."
+        print(text, flush=True)
+        write_section(section, text)
+
+
+if __name__ == "__main__":
+    main()

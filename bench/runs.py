@@ -1,0 +1,147 @@
+"""Digits distillation runs for the benchmark scripts, cached so long suites resume.
+
+Every run is the `scfm demo` preset (``scfm.presets.digits_config``) plus overrides, one
+training seed, scored by the shipped digits evaluator at 1 / 2 / 3 / 4 / 8 steps on a fixed
+eval noise seed (999, not the demo's 1234). Results are appended to
+``bench/results/runs.jsonl`` keyed by everything that defines the run, so rerunning a
+script skips runs already measured (delete the file to measure again).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CACHE = RESULTS / "runs.jsonl"
+STEPS = (1, 2, 3, 4, 8)
+RUN_VERSION = 2
+"""Bump when the training code changes in a way that invalidates cached runs."""
+
+
+def run_key(spec: dict[str, Any]) -> str:
+    return json.dumps({**spec, "version": RUN_VERSION}, sort_keys=True)
+
+
+def _load_cache() -> dict[str, dict]:
+    if not CACHE.exists():
+        return {}
+    out = {}
+    for line in CACHE.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out[row["key"]] = row
+    return out
+
+
+def _append(row: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(CACHE, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def few_shot_source(batch_size: int, seed: int, shots: int, subset_seed: int):
+    """Digits batches drawn with replacement from ``shots`` training digits chosen by ``subset_seed``."""
+    import torch
+
+    from scfm.data.batches import DigitsBatches
+
+    source = DigitsBatches(batch_size, seed=seed)
+    pick = torch.randperm(source.labels.shape[0], generator=torch.Generator().manual_seed(subset_seed))[:shots]
+    source.images, source.labels = source.images[pick], source.labels[pick]
+    return source
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train and score one run. ``spec``: overrides (dict of DistillConfig fields), seed,
+    eval_seed, eval_samples, solver ('euler' or 'consistency'), shots / subset_seed (few-shot),
+    curve_every (0: no training curve; else FD at 2 and 4 steps every that many steps)."""
+    import torch
+
+    import scfm
+    from scfm.data.batches import DigitsBatches
+    from scfm.eval.harness import DigitsEvalSet, score_rows
+    from scfm.eval.metrics import DigitsEvaluator
+    from scfm.models.builtin import load_shipped_teacher
+    from scfm.presets import digits_config
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    config = digits_config(**{**spec["overrides"], "seed": spec["seed"]})
+    evaluator = DigitsEvaluator()
+    evalset = DigitsEvalSet.make(spec.get("eval_samples", 1000), seed=spec.get("eval_seed", 999))
+    if spec.get("shots"):
+        data = few_shot_source(config.batch_size, config.seed, spec["shots"], spec["subset_seed"])
+    else:
+        data = DigitsBatches(config.batch_size, seed=config.seed)
+    curve: list[dict] = []
+    on_validate = _curve_probe(curve, evalset, evaluator) if spec.get("curve_every") else None
+    if on_validate:
+        config.validate_every = spec["curve_every"]
+    start = time.perf_counter()
+    result = scfm.distill(load_shipped_teacher("digits"), data, config, progress=False, on_validate=on_validate)
+    seconds = time.perf_counter() - start
+    solver = spec.get("solver", "euler")
+    scores = {}
+    for which in (config.final_weights, "student"):
+        result.use_weights(which)
+        scores[which] = score_rows(result, which, [(solver, n) for n in STEPS], evalset, evaluator)
+    rows, raw = scores[config.final_weights], scores["student"]
+    history = [{k: r[k] for k in ("step", "loss", "loss_teacher", "loss_self", "consistency_residual")} for r in result.history]
+    return {"fd": [r["fd"] for r in rows], "class_acc": [r["class_acc"] for r in rows], "fd_student": [r["fd"] for r in raw],
+            "train_seconds": round(seconds, 1),
+            "curve": curve, "history": history if spec.get("curve_every") else []}
+
+
+def _curve_probe(curve: list[dict], evalset, evaluator) -> Callable:
+    """A validation callback recording FD at 2 and 4 Euler steps of the final-weights LoRA copy."""
+    from scfm.eval.harness import score_rows
+
+    def probe(engine) -> None:
+        which = engine.config.final_weights
+        copy = {"slow_ema": engine.ema.slow, "fast_ema": engine.ema.fast}.get(which)
+        ctx = engine.step_fn.switch.use(copy) if copy is not None else _null()
+        with ctx:
+            rows = score_rows(engine.model, "probe", [("euler", 2), ("euler", 4)], evalset, evaluator)
+        engine.model.train()
+        curve.append({"step": engine.step, "fd2": rows[0]["fd"], "fd4": rows[1]["fd"]})
+
+    return probe
+
+
+def _null():
+    from contextlib import nullcontext
+
+    return nullcontext()
+
+
+def _worker(spec: dict) -> tuple[dict, dict]:
+    return spec, measure(spec)
+
+
+def run_all(specs: Iterable[dict[str, Any]], jobs: int = 2) -> list[dict]:
+    """Results for ``specs`` (cached ones are read back), measuring the rest ``jobs`` at a
+    time, each process on one thread. Returns rows in the order of ``specs``."""
+    specs = list(specs)
+    cache = _load_cache()
+    todo = [s for s in specs if run_key(s) not in cache]
+    if todo:
+        print(f"{len(specs) - len(todo)} of {len(specs)} runs cached; measuring {len(todo)} with {jobs} process(es)", flush=True)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            for spec, out in pool.map(_worker, todo):
+                row = {"key": run_key(spec), "spec": spec, **out}
+                _append(row)
+                cache[row["key"]] = row
+                print(f"  {json.dumps(spec['overrides'])} seed {spec['seed']}: FD {out['fd']} ({out['train_seconds']} s)", flush=True)
+    return [cache[run_key(s)] for s in specs]
+
+
+def spec(overrides: dict[str, Any] | None = None, seed: int = 0, **extra: Any) -> dict[str, Any]:
+    return {"overrides": dict(overrides or {}), "seed": seed, "eval_seed": 999, "eval_samples": 1000, **extra}
