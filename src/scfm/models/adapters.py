@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -39,7 +39,7 @@ from torch import nn
 ADAPTERS: dict[str, type["VelocityAdapter"]] = {}
 """Registered adapter classes by name ('flux', 'sd3', ...)."""
 
-_BUILTIN_MODULES = ("scfm.models.flux", "scfm.models.sd3")
+_BUILTIN_MODULES = ("scfm.models.flux", "scfm.models.sd3", "scfm.models.wan")
 
 A = TypeVar("A", bound=type)
 
@@ -78,6 +78,18 @@ def import_diffusers():
     return diffusers
 
 
+def dtype_kwargs(dtype: torch.dtype | None) -> dict[str, Any]:
+    """The dtype keyword of diffusers' ``from_pretrained``: ``dtype`` (newer diffusers, which deprecate the old name) or ``torch_dtype``."""
+    import importlib
+
+    import_diffusers()
+    try:
+        utils = importlib.import_module("diffusers.utils.deprecation_utils")
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype} if hasattr(utils, "_resolve_dtype") else {"torch_dtype": dtype}  # _resolve_dtype maps the old name
+
+
 def expand_batch(value: torch.Tensor, batch_size: int, name: str) -> torch.Tensor:
     """Return ``value`` with batch dim ``batch_size`` (a leading dim of 1 is broadcast)."""
     if value.shape[0] == batch_size:
@@ -92,6 +104,9 @@ class VelocityAdapter(nn.Module):
 
     Subclasses set ``transformer_class_name`` (the diffusers class they wrap),
     ``default_lora_targets``, ``cond_keys`` and implement :meth:`forward` and :meth:`seq_len`.
+    For the pipeline workflow (``scfm generate-data``, ``sample``, ``eval``) they also set
+    ``pipeline_class_name`` and implement the class-level pipeline hooks :meth:`encode_prompts`,
+    :meth:`generate_latents`, :meth:`encode_images` and :meth:`decode_latents`.
     """
 
     adapter_name: ClassVar[str] = ""
@@ -103,6 +118,9 @@ class VelocityAdapter(nn.Module):
     """DistillConfig fields the official scripts use for this family (``DistillConfig(**recommended_config)``)."""
     cond_keys: ClassVar[tuple[str, ...]] = ()
     """Every cond key :meth:`forward` accepts."""
+    pipeline_class_name: ClassVar[str] = ""
+    """The diffusers pipeline class of the family ("FluxPipeline", "StableDiffusion3Pipeline"): what
+    :func:`load_pipeline` builds and what the pipeline hooks below are written against."""
 
     def __init__(self, transformer: nn.Module) -> None:
         super().__init__()
@@ -126,6 +144,81 @@ class VelocityAdapter(nn.Module):
         off inside it, so the student learns the guided velocity in one pass.
         """
         return nullcontext()
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the transformer's activations in the backward pass (diffusers' own switch)."""
+        self.transformer.enable_gradient_checkpointing()
+
+    # ------------------------------------------------------------------ pipeline hooks
+    # Used by `scfm generate-data` (teacher cache), `scfm sample` / `scfm eval`. They take a
+    # loaded diffusers pipeline of class ``pipeline_class_name`` and never touch the adapter
+    # instance: distillation itself needs only the transformer.
+
+    @classmethod
+    def encode_prompts(cls, pipe: Any, prompts: list[str], device: torch.device | str) -> dict[str, torch.Tensor]:
+        """Text embeddings of ``prompts`` as :meth:`forward`'s cond: batch-first float tensors on ``device``.
+
+        Per-prompt keys have one row per prompt ([B, ...], in the text encoders' dtype). Families
+        with true CFG also return the negative (empty prompt "") embeddings under keys starting
+        with ``negative_``: ONE row ([1, ...]) shared by every prompt (the teacher cache stores
+        them once; :func:`expand_batch` broadcasts them). Guidance values (Flux.1-dev's
+        embedded guidance) are not text and are not returned.
+        """
+        raise NotImplementedError(f"{cls.__name__} does not implement encode_prompts (pipeline hooks)")
+
+    @classmethod
+    def generate_latents(
+        cls,
+        pipe: Any,
+        prompts: list[str],
+        height: int,
+        width: int,
+        steps: int,
+        guidance: float,
+        generator: torch.Generator | list[torch.Generator],
+    ) -> torch.Tensor:
+        """Teacher samples of ``prompts`` with the pipeline's own sampler (``output_type='latent'``).
+
+        ``height`` x ``width`` in pixels, ``steps`` the pipeline's ``num_inference_steps`` on its
+        own schedule, ``guidance`` in scfm's convention for the family (Flux.1-dev: the embedded
+        guidance value, e.g. 3.5; SD3: w in ``v_c + w (v_c - v_neg)``, the pipeline gets ``w + 1``).
+        ``generator``: one ``torch.Generator`` or a list with one per prompt (diffusers semantics:
+        pass it to the pipeline unchanged; the teacher cache passes one CPU generator per sample
+        so every sample's noise depends on its own seed only).
+        Returns x0 [B, C, h, w] float32 in the adapter's convention: unpacked and normalized
+        exactly as the transformer sees latents (``(z - shift_factor) * scaling_factor``).
+        """
+        raise NotImplementedError(f"{cls.__name__} does not implement generate_latents (pipeline hooks)")
+
+    @classmethod
+    def encode_images(cls, pipe: Any, images: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+        """Images [B, 3, H, W] in [-1, 1] -> x0 [B, C, H/f, W/f] float32, the latent space of :meth:`generate_latents`.
+
+        With a ``generator`` the VAE posterior is sampled, without one its mean (mode) is used.
+        """
+        raise NotImplementedError(f"{cls.__name__} does not implement encode_images (pipeline hooks)")
+
+    @classmethod
+    def decode_latents(cls, pipe: Any, x0: torch.Tensor) -> torch.Tensor:
+        """x0 [B, C, h, w] (the adapter's convention) -> images [B, 3, h*f, w*f] float32 in [0, 1]."""
+        raise NotImplementedError(f"{cls.__name__} does not implement decode_latents (pipeline hooks)")
+
+    @classmethod
+    def pixel_multiple(cls, path_or_id: str | os.PathLike, local_files_only: bool = False) -> int | None:
+        """Image sides must be multiples of this many pixels (VAE downsampling x transformer patch).
+
+        Read from the pipeline's ``vae/config.json`` (``2 ** (len(block_out_channels) - 1)``) and
+        ``transformer/config.json`` (``patch_size``) without loading weights; None when unknown
+        (then only the pipeline itself checks sizes). Flux overrides it (2x2 packing).
+        """
+        vae = read_component_config(path_or_id, "vae", local_files_only)
+        transformer = read_component_config(path_or_id, "transformer", local_files_only)
+        blocks = (vae or {}).get("block_out_channels")
+        if not blocks:
+            return None
+        patch = (transformer or {}).get("patch_size") or 1
+        patch = patch[-1] if isinstance(patch, (list, tuple)) else patch
+        return 2 ** (len(blocks) - 1) * int(patch)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -200,34 +293,58 @@ class VelocityAdapter(nn.Module):
             fix = f"use the {others[0]!r} adapter (scfm.models.adapters.get_adapter({others[0]!r}))" if others else "point at a folder holding a " + cls.transformer_class_name
             raise ValueError(f"{path!r}{'/' + sub if sub else ''} holds a {found}, not a {cls.transformer_class_name}: {cls.__name__} cannot wrap it; {fix}")
         cls._check_scheduler(path, sub, local, load_kw)
-        transformer = model_cls.from_pretrained(path, subfolder=sub, torch_dtype=torch_dtype, local_files_only=local_files_only, **kw)
+        transformer = model_cls.from_pretrained(path, subfolder=sub, local_files_only=local_files_only, **dtype_kwargs(torch_dtype), **kw)
         return cls(transformer, **(adapter_kwargs or {}))
 
     @staticmethod
     def _check_scheduler(path: str, sub: str | None, local: bool, load_kw: dict[str, Any]) -> None:
-        """Raise if the sibling scheduler config exists and is not a flow-matching scheduler."""
-        config = None
-        if local:
-            folder = Path(path) if sub is not None else Path(path).parent
-            file = folder / "scheduler" / "scheduler_config.json"
-            if file.is_file():
-                config = json.loads(file.read_text())
-        elif sub is not None:
-            from diffusers import FlowMatchEulerDiscreteScheduler
-
-            try:
-                config = FlowMatchEulerDiscreteScheduler.load_config(path, subfolder="scheduler", **load_kw)
-            except (OSError, ValueError):
-                config = None  # no scheduler folder in the repo (or unreachable): nothing to check
-        if config is None:
+        """Raise if the sibling scheduler config exists and is not flow matching (:func:`is_flow_matching_scheduler`)."""
+        config = read_scheduler_config(path, sub, local, load_kw)
+        if config is None or is_flow_matching_scheduler(config):
             return
-        name = str(config.get("_class_name", ""))
-        if "FlowMatch" not in name:
-            raise ValueError(
-                f"{path!r} uses the scheduler {name or '(unnamed)'}, not a flow-matching one: SCFM distills flow-matching "
-                "(rectified-flow) models whose velocity is eps - x0, and this model was trained for another objective. "
-                "Use a flow-matching model (Flux, SD3/SD3.5, ... with a FlowMatch*Scheduler)."
-            )
+        name = str(config.get("_class_name", "")) or "(unnamed)"
+        raise ValueError(
+            f"{path!r} uses the scheduler {name}{_prediction_note(config)}, not a flow-matching one: "
+            "SCFM distills flow-matching (rectified-flow) models whose velocity is eps - x0, and this model was trained for "
+            "another objective. Use a flow-matching model (Flux, SD3/SD3.5, Wan, ...: a FlowMatch*Scheduler, or prediction_type='flow_prediction')."
+        )
+
+
+
+def is_flow_matching_scheduler(config: Mapping[str, Any]) -> bool:
+    """Whether a diffusers scheduler config samples a flow-matching model (velocity ``eps - x0``).
+
+    True for ``FlowMatch*`` schedulers and for any scheduler with
+    ``prediction_type == "flow_prediction"`` (Wan's ``UniPCMultistepScheduler``, also
+    ``DPMSolverMultistepScheduler``). ``use_flow_sigmas`` alone is not enough: it only spaces
+    the sampler's grid, while ``prediction_type`` says what the network outputs.
+    """
+    return "FlowMatch" in str(config.get("_class_name", "")) or config.get("prediction_type") == "flow_prediction"
+
+
+def _prediction_note(config: Mapping[str, Any]) -> str:
+    kind = config.get("prediction_type")
+    return f" with prediction_type={kind!r}" if kind else ""
+
+
+def read_scheduler_config(path: str, sub: str | None, local: bool, load_kw: dict[str, Any]) -> dict[str, Any] | None:
+    """The sibling ``scheduler/scheduler_config.json`` of a transformer (local folder or Hub repo), or None if absent.
+
+    Same lookup as :meth:`VelocityAdapter._check_scheduler`: ``path/scheduler`` when the
+    transformer is in a subfolder, ``path/../scheduler`` when ``path`` is the transformer folder.
+    """
+    if local:
+        folder = Path(path) if sub is not None else Path(path).parent
+        file = folder / "scheduler" / "scheduler_config.json"
+        return json.loads(file.read_text()) if file.is_file() else None
+    if sub is None:
+        return None
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    try:  # load_config only reads scheduler_config.json, whatever scheduler class it names
+        return dict(FlowMatchEulerDiscreteScheduler.load_config(path, subfolder="scheduler", **load_kw))
+    except (OSError, ValueError):
+        return None  # no scheduler folder in the repo (or unreachable): nothing to check
 
 
 def get_all_adapters() -> dict[str, type[VelocityAdapter]]:
@@ -246,3 +363,128 @@ def adapter_for(transformer: nn.Module, **kwargs: Any) -> VelocityAdapter:
         if cls.transformer_class_name == name:
             return cls(transformer, **kwargs)
     raise ValueError(f"no scfm adapter wraps a {name}; adapters exist for {sorted(a.transformer_class_name for a in ADAPTERS.values())}")
+
+
+# ---------------------------------------------------------------------- pipelines
+
+
+def _config_reader() -> type:
+    """A diffusers ``ConfigMixin`` that reads any component's ``config.json`` (local or Hub)."""
+    from diffusers.configuration_utils import ConfigMixin
+
+    class AnyConfig(ConfigMixin):
+        config_name = "config.json"
+
+    return AnyConfig
+
+
+def _looks_like_local_path(path: str) -> bool:
+    """A string that names a local path rather than a Hub id ("org/name")."""
+    return path.startswith(("/", ".", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path
+
+
+def read_component_config(path_or_id: str | os.PathLike, component: str, local_files_only: bool = False) -> dict[str, Any] | None:
+    """``<component>/config.json`` (``scheduler_config.json`` for the scheduler) of a pipeline folder
+    or Hub repo, without loading weights; None when it cannot be read."""
+    diffusers = import_diffusers()
+    path = os.fspath(path_or_id)
+    if os.path.isdir(path):
+        name = "scheduler_config.json" if component == "scheduler" else "config.json"
+        file = Path(path) / component / name
+        return json.loads(file.read_text()) if file.is_file() else None
+    loader = diffusers.FlowMatchEulerDiscreteScheduler if component == "scheduler" else _config_reader()
+    try:
+        return dict(loader.load_config(path, subfolder=component, local_files_only=local_files_only))
+    except (OSError, ValueError):
+        return None
+
+
+def adapter_class_for(path_or_id: str | os.PathLike, local_files_only: bool = False) -> type[VelocityAdapter]:
+    """The adapter class for the pipeline at ``path_or_id`` (a folder or Hub id), read from
+    ``transformer/config.json`` (``_class_name``) without loading any weights.
+
+    Raises ``ValueError`` naming the problem and the fix: the path does not exist, it has no
+    ``transformer`` subfolder, no scfm adapter wraps its transformer class, or its scheduler is
+    not a flow-matching one.
+    """
+    import_diffusers()
+    path = os.fspath(path_or_id)
+    local = os.path.isdir(path)
+    if not local and (os.path.exists(path) or _looks_like_local_path(path)):
+        what = "is a file" if os.path.exists(path) else "does not exist"
+        raise ValueError(f"model {path!r} {what}: pass a diffusers pipeline folder (model_index.json, transformer/, vae/, ...) or a Hub id such as black-forest-labs/FLUX.1-dev")
+    if local and not os.path.isdir(os.path.join(path, "transformer")):
+        hint = " It has a config.json of its own: it looks like a single model folder, not a pipeline." if os.path.isfile(os.path.join(path, "config.json")) else ""
+        raise ValueError(
+            f"{path!r} has no 'transformer' subfolder, so it is not a diffusers transformer pipeline.{hint} "
+            "Pass the pipeline folder (the one holding model_index.json and transformer/config.json)."
+        )
+    try:
+        config = _config_reader().load_config(path, subfolder="transformer", local_files_only=local_files_only)
+    except (OSError, ValueError) as err:
+        offline = " (local_files_only=True: it must already be in the Hugging Face cache)" if local_files_only else ""
+        raise ValueError(f"could not read transformer/config.json of {path!r}{offline}: {err}. Check the path or Hub id.") from err
+    found = config.get("_class_name")
+    for cls in get_all_adapters().values():
+        if cls.transformer_class_name == found:
+            load_kw = {"local_files_only": local_files_only}
+            cls._check_scheduler(path, "transformer", local, load_kw)
+            return cls
+    known = sorted(a.transformer_class_name for a in ADAPTERS.values())
+    raise ValueError(f"{path!r} has a {found} transformer; scfm has adapters for {known} only (register one with scfm.models.adapters.register_adapter)")
+
+
+def load_pipeline(
+    path_or_id: str | os.PathLike,
+    torch_dtype: torch.dtype | None = None,
+    local_files_only: bool = False,
+    components: dict[str, Any] | None = None,
+) -> tuple[Any, type[VelocityAdapter]]:
+    """Load the diffusers pipeline at ``path_or_id`` and the adapter class for its transformer.
+
+    Returns ``(pipe, adapter_cls)`` with ``pipe`` an instance of ``adapter_cls.pipeline_class_name``
+    on the CPU (move it with ``pipe.to(device)``). ``components`` go to diffusers'
+    ``from_pretrained`` as keyword arguments: already loaded modules (``{"transformer": t}``) or
+    ``None`` for parts to skip. All checks of :func:`adapter_class_for` run before any weight
+    is read; text encoders come back in eval mode.
+    """
+    adapter_cls = adapter_class_for(path_or_id, local_files_only)
+    if not adapter_cls.pipeline_class_name:
+        raise ValueError(f"adapter {adapter_cls.__name__} names no pipeline_class_name; it cannot load a pipeline")
+    pipeline_cls = getattr(import_diffusers(), adapter_cls.pipeline_class_name)
+    pipe = pipeline_cls.from_pretrained(os.fspath(path_or_id), local_files_only=local_files_only, **dtype_kwargs(torch_dtype), **(components or {}))
+    for module in pipe.components.values():
+        if isinstance(module, nn.Module):
+            module.eval()
+    return pipe, adapter_cls
+
+
+def vae_normalize(vae: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Raw VAE latents -> the transformer's latents ``(z - shift_factor) * scaling_factor`` (float32)."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (z.float() - shift) * vae.config.scaling_factor
+
+
+def vae_denormalize(vae: nn.Module, x0: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`vae_normalize`: ``x0 / scaling_factor + shift_factor`` (float32)."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return x0.float() / vae.config.scaling_factor + shift
+
+
+@torch.no_grad()
+def vae_encode_images(vae: nn.Module, images: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+    """Images [B, 3, H, W] in [-1, 1] -> normalized latents [B, C, H/f, W/f] float32 (posterior sample or mode)."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be [B, 3, H, W] in [-1, 1], got shape {tuple(images.shape)}")
+    param = next(vae.parameters())
+    dist = vae.encode(images.to(param.device, param.dtype)).latent_dist
+    z = dist.sample(generator=generator) if generator is not None else dist.mode()
+    return vae_normalize(vae, z)
+
+
+@torch.no_grad()
+def vae_decode_latents(vae: nn.Module, x0: torch.Tensor) -> torch.Tensor:
+    """Normalized latents [B, C, h, w] -> images [B, 3, h*f, w*f] float32 in [0, 1]."""
+    param = next(vae.parameters())
+    image = vae.decode(vae_denormalize(vae, x0).to(param.device, param.dtype), return_dict=False)[0]
+    return ((image.float() + 1) / 2).clamp(0, 1)

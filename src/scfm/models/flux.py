@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from scfm.models.adapters import VelocityAdapter, expand_batch, register_adapter
+from scfm.models.adapters import VelocityAdapter, expand_batch, read_component_config, register_adapter, vae_decode_latents, vae_encode_images
 
 FLUX_LORA_TARGETS: tuple[str, ...] = (
     # embedders
@@ -113,6 +113,7 @@ class FluxAdapter(VelocityAdapter):
     """
 
     transformer_class_name = "FluxTransformer2DModel"
+    pipeline_class_name = "FluxPipeline"
     default_lora_targets = FLUX_LORA_TARGETS
     recommended_config = {"lora_targets": FLUX_LORA_TARGETS, "grad_clip": 10.0, "lora_rank": 64, "lora_alpha": 64.0}
     cond_keys = ("prompt_embeds", "pooled_prompt_embeds", "guidance")
@@ -166,6 +167,51 @@ class FluxAdapter(VelocityAdapter):
             return_dict=False,
         )[0]
         return unpack_latents(out, h, w).to(x.dtype)
+
+    # ------------------------------------------------------------------ pipeline hooks
+    @classmethod
+    @torch.no_grad()
+    def encode_prompts(cls, pipe: Any, prompts: list[str], device: torch.device | str) -> dict[str, torch.Tensor]:
+        """``{"prompt_embeds": [B, L, D] (T5, L = 512), "pooled_prompt_embeds": [B, P] (CLIP)}`` on ``device``."""
+        prompt_embeds, pooled, _ = pipe.encode_prompt(prompt=list(prompts), prompt_2=None, device=device, num_images_per_prompt=1)
+        return {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}
+
+    @classmethod
+    @torch.no_grad()
+    def generate_latents(
+        cls,
+        pipe: Any,
+        prompts: list[str],
+        height: int,
+        width: int,
+        steps: int,
+        guidance: float,
+        generator: torch.Generator | list[torch.Generator],
+    ) -> torch.Tensor:
+        """FluxPipeline samples (its own dynamic-shift schedule, embedded guidance ``guidance``,
+        ignored by FLUX.1-schnell) unpacked to x0 [B, C, height/f, width/f] float32."""
+        packed = pipe(
+            prompt=list(prompts), height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
+            generator=generator, output_type="latent", return_dict=False,
+        )[0]
+        return pipe._unpack_latents(packed, height, width, pipe.vae_scale_factor).float()
+
+    @classmethod
+    def encode_images(cls, pipe: Any, images: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+        """VAE encode [-1, 1] images -> ``(z - shift_factor) * scaling_factor`` [B, C, H/f, W/f] float32."""
+        return vae_encode_images(pipe.vae, images, generator)
+
+    @classmethod
+    def decode_latents(cls, pipe: Any, x0: torch.Tensor) -> torch.Tensor:
+        """x0 [B, C, h, w] -> images [B, 3, h*f, w*f] in [0, 1]."""
+        return vae_decode_latents(pipe.vae, x0)
+
+    @classmethod
+    def pixel_multiple(cls, path_or_id: Any, local_files_only: bool = False) -> int | None:
+        """VAE downsampling x 2 (2x2 packing): 16 for FLUX.1."""
+        vae = read_component_config(path_or_id, "vae", local_files_only)
+        blocks = (vae or {}).get("block_out_channels")
+        return 2 ** (len(blocks) - 1) * 2 if blocks else None
 
     def _guidance(self, value: Any, batch_size: int, device: torch.device) -> torch.Tensor | None:
         if not self.has_guidance:

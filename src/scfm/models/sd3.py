@@ -39,15 +39,12 @@ velocity is computed in ONE transformer call on a doubled batch ``[x, x]`` with
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
 
-from scfm.models.adapters import VelocityAdapter, expand_batch, register_adapter
-
-CFG_MODES = ("runtime", "baked", "none")
+from scfm.models.cfg import CFG_MODES, TrueCFG, combine_cfg  # noqa: F401  (CFG_MODES re-exported)
+from scfm.models.adapters import VelocityAdapter, expand_batch, register_adapter, vae_decode_latents, vae_encode_images
 
 SD3_LORA_TARGETS: tuple[str, ...] = (
     # embedders (the reference also lists "pos_embed.proj", a Conv2d: scfm's LoRA adapts Linear layers only)
@@ -78,7 +75,7 @@ SD3_LORA_TARGETS: tuple[str, ...] = (
 
 
 @register_adapter("sd3")
-class SD3Adapter(VelocityAdapter):
+class SD3Adapter(TrueCFG, VelocityAdapter):
     """``SD3Transformer2DModel`` as a velocity model on latents [B, C, H, W], with optional true CFG.
 
     ``guidance_scale`` is w in ``v_c + w (v_c - v_neg)``; ``cfg_mode`` is "runtime", "baked"
@@ -86,6 +83,7 @@ class SD3Adapter(VelocityAdapter):
     """
 
     transformer_class_name = "SD3Transformer2DModel"
+    pipeline_class_name = "StableDiffusion3Pipeline"
     default_lora_targets = SD3_LORA_TARGETS
     # the reference SD3 run: grad clip 2 and no resolution shift (dyn_prob=0), EMA restart every 2000 steps
     recommended_config = {
@@ -100,34 +98,11 @@ class SD3Adapter(VelocityAdapter):
 
     def __init__(self, transformer: torch.nn.Module, guidance_scale: float = 3.5, cfg_mode: str = "runtime") -> None:
         super().__init__(transformer)
-        if cfg_mode not in CFG_MODES:
-            raise ValueError(f"cfg_mode={cfg_mode!r} must be one of {CFG_MODES}")
-        self.guidance_scale = float(guidance_scale)
-        self.cfg_mode = cfg_mode
-        self._guidance_on = True
+        self._init_cfg(guidance_scale, cfg_mode)
 
     @property
     def patch_size(self) -> int:
         return int(self.transformer.config.patch_size)
-
-    @property
-    def cfg_active(self) -> bool:
-        """Whether a call right now returns the guided velocity."""
-        return self.cfg_mode != "none" and self._guidance_on
-
-    @contextmanager
-    def guided(self, enabled: bool) -> Iterator[None]:
-        """Turn CFG on or off for the calls inside the block (``cfg_mode="none"`` stays off)."""
-        saved = self._guidance_on
-        self._guidance_on = bool(enabled)
-        try:
-            yield
-        finally:
-            self._guidance_on = saved
-
-    def student_pass(self) -> AbstractContextManager:
-        """Baked CFG: the student prediction is unguided (it learns the guided target in one pass)."""
-        return self.guided(False) if self.cfg_mode == "baked" else nullcontext()
 
     def seq_len(self, x: torch.Tensor) -> int:
         """Image tokens (H / patch) * (W / patch)."""
@@ -150,12 +125,7 @@ class SD3Adapter(VelocityAdapter):
         hidden, timestep = x.to(dtype), (t * 1000).to(dtype)
         if not self.cfg_active:
             return self._call(hidden, timestep, prompt, pooled).to(x.dtype)
-        missing = [k for k in ("negative_prompt_embeds", "negative_pooled_prompt_embeds") if k not in cond]
-        if missing:
-            raise ValueError(
-                f"SD3Adapter with cfg_mode={self.cfg_mode!r} needs cond {missing} (encode the negative prompt, by default '', "
-                "with the pipeline's encode_prompt; one row broadcasts), or build the adapter with cfg_mode='none'"
-            )
+        self._require_negative(cond, ("negative_prompt_embeds", "negative_pooled_prompt_embeds"))
         neg = expand_batch(cond["negative_prompt_embeds"], b, "negative_prompt_embeds").to(device, dtype)
         neg_pooled = expand_batch(cond["negative_pooled_prompt_embeds"], b, "negative_pooled_prompt_embeds").to(device, dtype)
         if neg.shape != prompt.shape or neg_pooled.shape != pooled.shape:
@@ -165,9 +135,8 @@ class SD3Adapter(VelocityAdapter):
             )
         both = self._call(
             torch.cat([hidden, hidden]), torch.cat([timestep, timestep]), torch.cat([prompt, neg]), torch.cat([pooled, neg_pooled])
-        ).to(x.dtype)
-        v_c, v_neg = both.chunk(2)
-        return v_c + self.guidance_scale * (v_c - v_neg)
+        )
+        return combine_cfg(both.to(x.dtype), self.guidance_scale)
 
     def _call(self, hidden: torch.Tensor, timestep: torch.Tensor, prompt: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         return self.transformer(
@@ -177,3 +146,49 @@ class SD3Adapter(VelocityAdapter):
             pooled_projections=pooled,
             return_dict=False,
         )[0]
+
+    # ------------------------------------------------------------------ pipeline hooks
+    @classmethod
+    @torch.no_grad()
+    def encode_prompts(cls, pipe: Any, prompts: list[str], device: torch.device | str) -> dict[str, torch.Tensor]:
+        """Prompt embeddings [B, 77 + 256, D] and pooled [B, P] (two CLIPs + T5, the pipeline's
+        ``encode_prompt``), plus the negative (empty prompt "") ones with ONE row: [1, 77 + 256, D], [1, P]."""
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            prompt=list(prompts), prompt_2=None, prompt_3=None, device=device, do_classifier_free_guidance=False
+        )
+        neg, _, neg_pooled, _ = pipe.encode_prompt(prompt=[""], prompt_2=None, prompt_3=None, device=device, do_classifier_free_guidance=False)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "negative_prompt_embeds": neg, "negative_pooled_prompt_embeds": neg_pooled}
+
+    @classmethod
+    @torch.no_grad()
+    def generate_latents(
+        cls,
+        pipe: Any,
+        prompts: list[str],
+        height: int,
+        width: int,
+        steps: int,
+        guidance: float,
+        generator: torch.Generator | list[torch.Generator],
+    ) -> torch.Tensor:
+        """StableDiffusion3Pipeline samples with true CFG against the empty prompt.
+
+        ``guidance`` is scfm's w (``v_c + w (v_c - v_neg)``, the same number as the distillation
+        config's ``cfg_scale``); the pipeline is called with ``guidance_scale = w + 1`` (its form is
+        ``v_neg + s (v_c - v_neg)``), so w = 0 means no CFG. Returns x0 [B, C, h, w] float32.
+        """
+        latents = pipe(
+            prompt=list(prompts), height=height, width=width, num_inference_steps=steps, guidance_scale=float(guidance) + 1.0,
+            generator=generator, output_type="latent", return_dict=False,
+        )[0]
+        return latents.float()
+
+    @classmethod
+    def encode_images(cls, pipe: Any, images: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+        """VAE encode [-1, 1] images -> ``(z - shift_factor) * scaling_factor`` [B, C, H/f, W/f] float32."""
+        return vae_encode_images(pipe.vae, images, generator)
+
+    @classmethod
+    def decode_latents(cls, pipe: Any, x0: torch.Tensor) -> torch.Tensor:
+        """x0 [B, C, h, w] -> images [B, 3, h*f, w*f] in [0, 1]."""
+        return vae_decode_latents(pipe.vae, x0)

@@ -1,0 +1,107 @@
+"""Training batches from a teacher cache (``scfm generate-data``): no VAE, no text encoder.
+
+:class:`CacheBatches` yields ``{"x0": [B, C, h, w] float32, **cond}`` forever. Every batch comes
+from ONE bucket (one latent shape): the bucket is drawn with probability proportional to its
+sample count, then B samples of it uniformly with replacement, all from the source's own
+``torch.Generator``. Shared one-row tensors of the cache (the negative_* embeddings of
+true-CFG families) are added to every batch as [1, ...] (the adapters broadcast them). With
+``guidance_range`` (guidance-distilled transformers: Flux.1-dev) each batch also gets
+``"guidance"`` [B] ~ U[low, high] from the same generator (SCFM_SPEC: U[0, 7.5]), given
+identically to teacher, EMAs and student by the training loop.
+
+Like :class:`scfm.data.batches.DigitsBatches` the whole state is the generator:
+``state_dict()`` / ``load_state_dict()`` let the engine checkpoint it and a resumed run
+continue the same batch sequence. Rows are read lazily from the memory-mapped shards, so the
+cache may be larger than RAM.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scfm.data.batches import GeneratorSource
+from scfm.data.teacher_cache import INDEX_FILE, SHARED_FILE, read_index, read_meta
+from scfm.fileio import load_safetensors
+from scfm.models.flux import draw_guidance
+
+
+class CacheBatches(GeneratorSource):
+    """Infinite single-bucket batches from the teacher cache at ``cache_dir``.
+
+    Args:
+        cache_dir: folder written by ``scfm generate-data``.
+        batch_size: samples per batch B.
+        seed: seed of the source's generator (bucket choice, rows, guidance).
+        guidance_range: (low, high) to add ``"guidance"`` [B] ~ U[low, high]; None to omit it.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, batch_size: int, seed: int = 0, guidance_range: tuple[float, float] | None = None) -> None:
+        super().__init__(batch_size, seed)
+        self.cache_dir = Path(cache_dir)
+        self.meta = read_meta(self.cache_dir)
+        entries, _ = read_index(self.cache_dir)
+        if not entries:
+            raise ValueError(f"teacher cache {str(self.cache_dir)!r} has no samples in {INDEX_FILE}; run scfm generate-data --out {self.cache_dir} to fill it")
+        missing = sorted({e["shard"] for e in entries if not (self.cache_dir / e["shard"]).is_file()})
+        if missing:
+            raise ValueError(f"teacher cache {str(self.cache_dir)!r} lists shards that do not exist ({missing[:3]}); rerun scfm generate-data on it to repair")
+        rows: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        for entry in entries:
+            rows[entry["bucket"]].append((entry["shard"], int(entry["row"])))
+        self.buckets = sorted(rows)
+        self.rows = [rows[b] for b in self.buckets]
+        self.weights = torch.tensor([len(r) for r in self.rows], dtype=torch.float64)
+        shared_file = self.cache_dir / SHARED_FILE
+        self.shared = load_safetensors(shared_file) if shared_file.is_file() else {}
+        if guidance_range is not None and not 0 <= guidance_range[0] <= guidance_range[1]:
+            raise ValueError(f"guidance_range={guidance_range} must satisfy 0 <= low <= high")
+        self.guidance_range = guidance_range
+        self._handles: dict[str, Any] = {}
+        self.keys = self._shard(self.rows[0][0][0]).keys()
+
+    def __len__(self) -> int:
+        """Samples in the cache."""
+        return int(self.weights.sum())
+
+    @property
+    def cond_keys(self) -> list[str]:
+        """Every cond key a batch carries (per-sample, shared, and "guidance" when drawn)."""
+        keys = [k for k in self.keys if k != "x0"] + sorted(self.shared)
+        return keys + (["guidance"] if self.guidance_range is not None else [])
+
+    def _shard(self, name: str):
+        from safetensors import safe_open
+
+        if name not in self._handles:
+            self._handles[name] = safe_open(str(self.cache_dir / name), framework="pt", device="cpu")
+        return self._handles[name]
+
+    def _rows(self, picks: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
+        out: dict[str, list[torch.Tensor]] = defaultdict(list)
+        for shard, row in picks:
+            handle = self._shard(shard)
+            for key in self.keys:
+                out[key].append(handle.get_slice(key)[row:row + 1])
+        return {key: torch.cat(values) for key, values in out.items()}
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        """``{"x0": [B, C, h, w] float32, per-sample cond [B, ...], shared cond [1, ...], ("guidance" [B])}``."""
+        bucket = int(torch.multinomial(self.weights, 1, generator=self.generator))
+        rows = self.rows[bucket]
+        idx = torch.randint(0, len(rows), (self.batch_size,), generator=self.generator).tolist()
+        batch = self._rows([rows[i] for i in idx])
+        batch["x0"] = batch["x0"].float()
+        batch.update(self.shared)
+        if self.guidance_range is not None:
+            batch["guidance"] = draw_guidance(self.batch_size, self.generator, *self.guidance_range)
+        return batch
+
+    def __getstate__(self) -> dict[str, Any]:  # safe_open handles do not pickle (multiprocess loaders)
+        state = dict(self.__dict__)
+        state["_handles"] = {}
+        return state

@@ -1,0 +1,241 @@
+"""Sample a diffusers pipeline (Flux / SD3) with a distilled LoRA on scfm's own time grid.
+
+The distilled student is sampled with plain Euler on the grid :func:`scfm.objective.time_grid`
+(``n`` steps, fixed shift ``s``; SCFM_SPEC "Sampling the student"). diffusers pipelines build
+their own schedule: ``FlowMatchEulerDiscreteScheduler.set_timesteps(sigmas=...)`` shifts any
+given sigmas AGAIN, by ``shift`` (SD3) or by the resolution shift ``mu`` that ``FluxPipeline``
+always computes (``use_dynamic_shifting=True`` in FLUX.1's scheduler config). So
+:func:`sample_pipeline` swaps in a copy of the scheduler with ``use_dynamic_shifting=False``,
+``shift=1.0`` and no Karras/exponential/beta conversion or terminal stretch (an identity on
+sigmas), passes the first ``n`` grid points as ``sigmas`` (the scheduler appends 0), and puts the
+user's scheduler back afterwards, even on an exception. The scheduler's step is then exactly
+the spec's Euler step ``x + (t_next - t) v``.
+
+Guidance, in scfm's convention for the family (the same numbers as the distillation config):
+
+- Flux.1-dev: the embedded guidance value (default 3.5), given to the pipeline as
+  ``guidance_scale``; ignored by FLUX.1-schnell.
+- SD3: w in ``v_c + w (v_c - v_neg)`` (default 3.5, a runtime-CFG student); the pipeline gets
+  ``guidance_scale = w + 1``. A baked-CFG student is sampled with w = 0 (one pass a step).
+
+The LoRA scale goes through ``joint_attention_kwargs={"scale": ...}`` (diffusers scales every
+peft LoRA layer of the transformer for the call). Written for the image pipelines (Flux, SD3);
+families with true CFG (adapters taking ``cfg_mode``) get ``w + 1``, others the value as is.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import io
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scfm.fileio import atomic_write_bytes
+from scfm.objective.grids import time_grid
+
+DEFAULT_GUIDANCE = {"flux": 3.5, "sd3": 3.5, "wan": 3.5}
+"""Sampling guidance per adapter in scfm's convention (Flux: embedded value; SD3: CFG w)."""
+LORA_ADAPTER_NAME = "scfm"
+OUTPUTS = ("images", "latents")
+
+
+def adapter_name_of(pipe: Any) -> str:
+    """The scfm adapter name ('flux', 'sd3', ...) for ``pipe.transformer``'s class."""
+    from scfm.models.adapters import get_all_adapters
+
+    name = type(pipe.transformer).__name__
+    for adapter_name, cls in get_all_adapters().items():
+        if cls.transformer_class_name == name:
+            return adapter_name
+    raise ValueError(f"no scfm adapter wraps a {name}; pipeline sampling supports {sorted(get_all_adapters())}")
+
+
+@contextmanager
+def identity_sigma_scheduler(pipe: Any, sigmas: list[float] | None = None) -> Iterator[None]:
+    """Inside the block ``pipe.scheduler`` is a FlowMatchEulerDiscreteScheduler that uses given sigmas as is.
+
+    A pipeline whose ``__call__`` takes no ``sigmas`` (WanPipeline) gets them pinned here:
+    its ``set_timesteps(n)`` then uses ``sigmas`` (n = len(sigmas)). A flow-matching scheduler
+    of another class (Wan's ``UniPCMultistepScheduler(prediction_type="flow_prediction")``) is
+    replaced by a plain Euler one for the block.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from scfm.models.adapters import is_flow_matching_scheduler
+
+    saved = pipe.scheduler
+    if not is_flow_matching_scheduler(saved.config):
+        raise ValueError(f"pipe.scheduler is a {type(saved).__name__}; scfm samples flow-matching pipelines (FlowMatch*Scheduler or prediction_type='flow_prediction')")
+    if "FlowMatch" in type(saved).__name__:
+        euler = FlowMatchEulerDiscreteScheduler.from_config(
+            saved.config, use_dynamic_shifting=False, shift=1.0, shift_terminal=None, use_karras_sigmas=False,
+            use_exponential_sigmas=False, use_beta_sigmas=False, invert_sigmas=False, stochastic_sampling=False,
+        )
+    else:
+        euler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=saved.config.num_train_timesteps, shift=1.0)
+    if sigmas is not None:
+        euler.set_timesteps = functools.partial(euler.set_timesteps, sigmas=sigmas)
+    pipe.scheduler = euler
+    try:
+        yield
+    finally:
+        pipe.scheduler = saved
+
+
+def true_cfg(adapter_name: str) -> bool:
+    """Whether the family uses true CFG (its adapter takes ``cfg_mode``: SD3, Wan) rather than embedded guidance."""
+    from scfm.models.adapters import get_adapter
+
+    return "cfg_mode" in inspect.signature(get_adapter(adapter_name).__init__).parameters
+
+
+def pipeline_guidance_kwargs(adapter_name: str, guidance: float | None) -> dict[str, float]:
+    """``guidance_scale`` for the pipeline call from scfm's guidance convention (see module docstring)."""
+    g = DEFAULT_GUIDANCE.get(adapter_name, 3.5) if guidance is None else float(guidance)
+    if g < 0:
+        raise ValueError(f"guidance={g} must be >= 0")
+    return {"guidance_scale": g + 1.0 if true_cfg(adapter_name) else g}
+
+
+def lora_scale_kwargs(pipe: Any, scale: float) -> dict[str, dict[str, float]]:
+    """The pipeline's attention-kwargs argument carrying the LoRA scale (``joint_attention_kwargs``: Flux, SD3)."""
+    params = inspect.signature(type(pipe).__call__).parameters
+    for name in ("joint_attention_kwargs", "attention_kwargs"):
+        if name in params:
+            return {name: {"scale": float(scale)}}
+    raise ValueError(f"{type(pipe).__name__} takes no attention kwargs, so a LoRA scale cannot be passed to it")
+
+
+@torch.no_grad()
+def sample_pipeline(
+    pipe: Any,
+    prompts: list[str],
+    steps: int,
+    lora_scale: float = 1.0,
+    shift: float = 1.0,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    *,
+    guidance: float | None = None,
+    output: str = "images",
+    num_frames: int | None = None,
+) -> torch.Tensor:
+    """Sample ``pipe`` (with or without a loaded LoRA) by Euler on scfm's grid ``time_grid(steps, shift)``.
+
+    Args:
+        pipe: a loaded FluxPipeline / StableDiffusion3Pipeline (e.g. from
+            :func:`scfm.models.adapters.load_pipeline`, LoRA loaded with :func:`load_lora`).
+        prompts: B prompts.
+        steps: Euler steps n >= 1 (= transformer calls; SD3 with CFG: doubled batch each).
+        lora_scale: multiplies every LoRA delta of the transformer (1 = as trained; few-step
+            samplers often like 1-1.75). No effect without a LoRA.
+        shift: fixed shift s of the grid (1 = the plain linspace grid).
+        generator: noise generator(s): one, or one per prompt (diffusers semantics; CPU
+            generators make the noise device independent).
+        height, width: image size in pixels (default: the pipeline's default size).
+        guidance: scfm's convention (Flux: embedded value, default 3.5; SD3: CFG w, default
+            3.5, pipeline guidance_scale = w + 1; 0 = unguided).
+        output: "images" -> [B, 3, H, W] float32 in [0, 1] on the CPU; "latents" -> x0
+            [B, C, h, w] float32 in the adapter convention (unpacked, normalized), as
+            ``scfm.sample(distilled_adapter, noise, steps, ...)`` returns it. Video pipelines
+            (Wan): images [B, F, 3, H, W], latents [B, C, F, h, w].
+        num_frames: video pipelines: frames (4k + 1; default the adapter's ``num_frames``).
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r} must be a positive integer")
+    if output not in OUTPUTS:
+        raise ValueError(f"output={output!r} must be one of {OUTPUTS}")
+    if isinstance(prompts, str) or not prompts:
+        raise ValueError("prompts must be a non-empty list of strings")
+    name = adapter_name_of(pipe)
+    params = inspect.signature(type(pipe).__call__).parameters
+    sigmas = time_grid(steps, shift, dtype=torch.float64)[:-1].tolist()  # the scheduler appends t = 0
+    kwargs: dict[str, Any] = dict(
+        prompt=list(prompts), height=height, width=width, num_inference_steps=steps, generator=generator,
+        output_type="latent" if output == "latents" else "pt", return_dict=False,
+        **lora_scale_kwargs(pipe, lora_scale), **pipeline_guidance_kwargs(name, guidance),
+    )
+    if "num_frames" in params:
+        from scfm.models.adapters import get_adapter
+
+        kwargs["num_frames"] = int(num_frames or get_adapter(name).num_frames)
+    if "sigmas" in params:
+        kwargs["sigmas"] = sigmas
+    with identity_sigma_scheduler(pipe, sigmas=None if "sigmas" in params else sigmas):
+        out = pipe(**kwargs)[0]
+    if output == "images":
+        return out.float().cpu()
+    if name == "flux":
+        h = height or pipe.default_sample_size * pipe.vae_scale_factor
+        w = width or pipe.default_sample_size * pipe.vae_scale_factor
+        out = pipe._unpack_latents(out, h, w, pipe.vae_scale_factor)
+    return out.float()
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def load_lora(pipe: Any, path: str | os.PathLike, adapter_name: str = LORA_ADAPTER_NAME) -> list[str]:
+    """``pipe.load_lora_weights(path)`` of a diffusers-format LoRA (``scfm export --format diffusers``).
+
+    Raises ``ValueError`` when diffusers reports unexpected or missing LoRA keys (it only logs
+    them) or when the transformer modules that received the adapter differ from the modules the
+    file names. Returns the adapted module paths.
+    """
+    from diffusers.utils import logging as diffusers_logging
+    from peft.tuners.lora import LoraLayer
+
+    from scfm.fileio import load_safetensors
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"LoRA file {str(path)!r} does not exist; write one with scfm export --format diffusers")
+    in_file = {k.removeprefix("transformer.").rsplit(".lora_", 1)[0] for k in load_safetensors(path) if ".lora_" in k}
+    logger = diffusers_logging.get_logger("diffusers")
+    handler = _Collect()
+    logger.addHandler(handler)
+    try:
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name)
+    finally:
+        logger.removeHandler(handler)
+    bad = [m for m in handler.messages if "unexpected keys" in m.lower() or "missing keys" in m.lower()]
+    if bad:
+        raise ValueError(f"{str(path)!r} does not fit this pipeline's transformer: {bad[0][:500]}")
+    loaded = {n for n, m in pipe.transformer.named_modules() if isinstance(m, LoraLayer) and adapter_name in m.lora_A}
+    if loaded != in_file:
+        raise ValueError(
+            f"{str(path)!r}: the LoRA names {len(in_file)} transformer modules but {len(loaded)} received it "
+            f"(not loaded: {sorted(in_file - loaded)[:3]}, unexpected: {sorted(loaded - in_file)[:3]}); is it a diffusers-format LoRA of this model?"
+        )
+    return sorted(loaded)
+
+
+def save_png(image: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Write one image [3, H, W] float in [0, 1] as an 8-bit PNG, atomically."""
+    from PIL import Image
+
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"save_png expects one image [3, H, W], got shape {tuple(image.shape)}")
+    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def save_image_row(images: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Write images [B, 3, H, W] in [0, 1] side by side as one PNG."""
+    return save_png(torch.cat(list(images), dim=-1), path)

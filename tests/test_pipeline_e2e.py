@@ -1,0 +1,297 @@
+"""End to end on tiny random Flux and SD3 PIPELINES, through the CLI entry point:
+generate-data -> distill from the cache -> export (diffusers, comfyui, fused) -> load_lora_weights -> sample."""
+
+import gc
+import json
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+import scfm  # noqa: E402
+from scfm.cli import main  # noqa: E402
+from scfm.data.teacher_cache import META_FILE, SHARED_FILE, read_index  # noqa: E402
+from scfm.export_cli import load_run  # noqa: E402
+from scfm.fileio import load_safetensors  # noqa: E402
+from scfm.models.adapters import load_pipeline  # noqa: E402
+from scfm.models.flux import FluxAdapter  # noqa: E402
+from scfm.models.sd3 import SD3Adapter  # noqa: E402
+from scfm.pipeline_sampling import load_lora, sample_pipeline  # noqa: E402
+from scfm.train.yaml_config import load_config  # noqa: E402
+from tiny_pipelines import LATENT_CHANNELS, build_tiny_flux_pipeline, build_tiny_sd3_pipeline  # noqa: E402
+
+pytestmark = pytest.mark.diffusers
+
+ROOT = Path(__file__).resolve().parents[1]
+ADAPTERS = {"flux": FluxAdapter, "sd3": SD3Adapter}
+PROMPTS = ["a red cat", "a blue dog"]
+BUCKETS = "32x32,48x32"  # WIDTHxHEIGHT pixels -> latents [4, 16, 16] and [4, 16, 24]
+RANK, ALPHA = 2, 4.0  # alpha != rank: the LoRA scale 2 must survive every export
+
+
+@pytest.fixture(scope="session")
+def pipeline_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipelines")
+    return {"flux": build_tiny_flux_pipeline(root), "sd3": build_tiny_sd3_pipeline(root)}
+
+
+def write_config(path: Path, model: Path, cache: Path, out: Path, family: str, **extra) -> Path:
+    values = {
+        "teacher": f"diffusers:{model}", "data": f"cache:{cache}", "output_dir": str(out), "max_steps": 3, "batch_size": 2,
+        "lr": 1.0e-2, "lora_rank": RANK, "lora_alpha": ALPHA, "lora_targets": list(ADAPTERS[family].default_lora_targets),
+        "teacher_min": 4, "teacher_max": 4, "log_every": 1, "logger": "jsonl", "local_files_only": True,
+        "final_weights": "student", "grad_clip": 2.0 if family == "sd3" else 10.0, **extra,
+    }
+    path.write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in values.items()) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module", params=["flux", "sd3"])
+def e2e(request, pipeline_dirs, tmp_path_factory):
+    """The whole CLI path once per family; tests below inspect its outputs."""
+    family, model = request.param, pipeline_dirs[request.param]
+    root = tmp_path_factory.mktemp(f"e2e-{family}")
+    (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    cache, run = root / "cache", root / "run"
+    assert main(["generate-data", "--model", str(model), "--prompts", str(root / "prompts.txt"), "--out", str(cache), "--steps", "2",
+                 "--buckets", BUCKETS, "--dtype", "fp32", "--device", "cpu", "--local-files-only", "--shard-size", "2"]) == 0
+    config = write_config(root / "config.yaml", model, cache, run, family)
+    assert main(["distill", str(config)]) == 0
+    for fmt, out in (("diffusers", root / "lora.safetensors"), ("comfyui", root / "comfy.safetensors"), ("fused", root / "fused")):
+        assert main(["export", "--run", str(run), "--format", fmt, "--out", str(out), "--weights", "student", "--dtype", "fp32"]) == 0
+    return SimpleNamespace(family=family, model=model, root=root, cache=cache, run=run, config=config)
+
+
+def probe(family: str, b: int = 2, seed: int = 11):
+    """Latents [b, C, 16, 24], times [b] and random cond for the tiny pipelines' widths."""
+    g = torch.Generator().manual_seed(seed)
+    x, t = torch.randn(b, LATENT_CHANNELS, 16, 24, generator=g), torch.rand(b, generator=g)
+    if family == "flux":
+        cond = {"prompt_embeds": torch.randn(b, 7, 32, generator=g), "pooled_prompt_embeds": torch.randn(b, 32, generator=g), "guidance": 7.5 * torch.rand(b, generator=g)}
+    else:
+        cond = {"prompt_embeds": torch.randn(b, 9, 64, generator=g), "pooled_prompt_embeds": torch.randn(b, 64, generator=g),
+                "negative_prompt_embeds": torch.randn(1, 9, 64, generator=g), "negative_pooled_prompt_embeds": torch.randn(1, 64, generator=g)}
+    return x, t, cond
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+def test_generate_data_writes_every_sample_once_with_cond_in_the_adapters_convention(e2e):
+    entries, torn = read_index(e2e.cache)
+    assert not torn and len(entries) == len(PROMPTS) * 2 and len({e["id"] for e in entries}) == len(entries)
+    assert {e["bucket"] for e in entries} == {"32x32", "48x32"}
+    meta = json.loads((e2e.cache / META_FILE).read_text())
+    assert (meta["adapter"], meta["steps"], meta["guidance"], meta["dtype"]) == (e2e.family, 2, 3.5, "fp32")
+    for entry in entries:
+        shard = load_safetensors(e2e.cache / entry["shard"])
+        w, h = map(int, entry["bucket"].split("x"))
+        assert shard["x0"].shape[1:] == (LATENT_CHANNELS, h // 2, w // 2) and shard["x0"].dtype == torch.float32
+        assert set(shard) == {"x0", "prompt_embeds", "pooled_prompt_embeds"}
+    shared = e2e.cache / SHARED_FILE
+    if e2e.family == "sd3":  # the empty-prompt embeddings, one row, stored once
+        neg = load_safetensors(shared)
+        assert neg["negative_prompt_embeds"].shape[0] == 1 and neg["negative_pooled_prompt_embeds"].shape == (1, 64)
+    else:
+        assert not shared.exists()
+
+
+def test_cached_x0_decodes_to_the_pipelines_own_image_for_the_sample_seed(e2e):
+    pipe, adapter_cls = load_pipeline(e2e.model, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    entry = next(e for e in read_index(e2e.cache)[0] if e["bucket"] == "48x32")
+    x0 = load_safetensors(e2e.cache / entry["shard"])["x0"][entry["row"]:entry["row"] + 1]
+    guidance = 3.5 if e2e.family == "flux" else 4.5  # SD3: scfm's w = 3.5 is the pipeline's guidance_scale 4.5
+    image = pipe(entry["prompt"], height=32, width=48, num_inference_steps=2, guidance_scale=guidance,
+                 generator=torch.Generator().manual_seed(entry["seed"]), output_type="pt").images
+    torch.testing.assert_close(adapter_cls.decode_latents(pipe, x0), image, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- distillation
+
+
+def test_distill_from_the_cache_never_builds_a_vae_or_text_encoder(e2e, tmp_path, monkeypatch):
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel
+
+    from scfm.train.engine import Distiller
+
+    forbidden = (AutoencoderKL, CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel)
+    built, alive = [], []
+    for cls in forbidden:
+        original = cls.__init__
+
+        def init(self, *args, _original=original, **kwargs):
+            built.append(type(self).__name__)
+            _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", init)
+    step = Distiller.train_step
+
+    def checked_step(self, batches):
+        if not alive:
+            gc.collect()
+            with warnings.catch_warnings():  # isinstance on some module proxies warns
+                warnings.simplefilter("ignore")
+                alive.append(sorted({type(o).__name__ for o in gc.get_objects() if isinstance(o, forbidden)}))
+        return step(self, batches)
+
+    monkeypatch.setattr(Distiller, "train_step", checked_step)
+    gc.collect()
+    config = write_config(tmp_path / "c.yaml", e2e.model, e2e.cache, tmp_path / "run", e2e.family, max_steps=2)
+    assert main(["distill", str(config)]) == 0
+    assert built == [] and alive == [[]]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+
+
+def test_distill_from_the_cache_resumes_exactly(e2e, tmp_path):
+    """The cache source is checkpointed with the run (its generator), so a resumed run equals an uninterrupted one."""
+    def run(name, steps, *extra):
+        config = write_config(tmp_path / f"{name}-{steps}.yaml", e2e.model, e2e.cache, tmp_path / name, e2e.family, max_steps=steps, checkpoint_every=2)
+        assert main(["distill", str(config), *extra]) == 0
+
+    run("full", 4)
+    run("resumed", 2)
+    run("resumed", 4, "--resume", "latest")
+    full, resumed = (load_safetensors(tmp_path / name / "student.safetensors") for name in ("full", "resumed"))
+    assert full.keys() == resumed.keys() and any(v.abs().max() > 0 for k, v in full.items() if "lora_B" in k)
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], atol=1e-6, rtol=1e-5)
+
+
+def test_preset_precision_settings_run_on_the_tiny_model(e2e, tmp_path):
+    """bf16 frozen weights, bf16 autocast and gradient checkpointing (the presets' settings) give finite steps."""
+    config = write_config(tmp_path / "c.yaml", e2e.model, e2e.cache, tmp_path / "run", e2e.family, max_steps=2,
+                          model_dtype="bf16", mixed_precision="bf16", gradient_checkpointing=True)
+    assert main(["distill", str(config)]) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(torch.isfinite(torch.tensor([r["loss"], r["grad_norm"]])).all() for r in records)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def test_exported_diffusers_lora_loads_with_no_missing_keys_and_reproduces_the_distilled_model(e2e):
+    result, config = load_run(e2e.run, "student")
+    pipe, adapter_cls = load_pipeline(e2e.model, local_files_only=True)
+    modules = load_lora(pipe, e2e.root / "lora.safetensors")  # raises on missing / unexpected keys
+    assert len(modules) == len(load_safetensors(e2e.root / "lora.safetensors")) // 2
+    kwargs = {"guidance_scale": config.cfg_scale, "cfg_mode": config.cfg_mode} if e2e.family == "sd3" else {}
+    x, t, cond = probe(e2e.family)
+    with torch.no_grad():
+        ref = result(x, t, **cond)
+        got = adapter_cls(pipe.transformer, **kwargs)(x, t, **cond)
+        plain = adapter_cls(load_pipeline(e2e.model, local_files_only=True)[0].transformer, **kwargs)(x, t, **cond)
+    assert (ref - plain).abs().max() > 1e-3  # the LoRA changes the velocity
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_comfyui_export_carries_the_trained_alpha(e2e):
+    sd = load_safetensors(e2e.root / "comfy.safetensors")
+    alphas = [v for k, v in sd.items() if k.endswith(".alpha")]
+    assert alphas and all(k.startswith("lora_transformer_") for k in sd) and all(a.item() == ALPHA for a in alphas)
+
+
+def test_fused_transformer_reproduces_the_distilled_model(e2e):
+    result, config = load_run(e2e.run, "student")
+    adapter_cls = ADAPTERS[e2e.family]
+    fused = adapter_cls.from_pretrained(e2e.root / "fused", subfolder=None, local_files_only=True,
+                                        adapter_kwargs={"guidance_scale": config.cfg_scale} if e2e.family == "sd3" else None)
+    assert not any("lora" in n for n, _ in fused.named_parameters())
+    x, t, cond = probe(e2e.family, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x, t, **cond), result(x, t, **cond), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_pipeline_sampling_is_scfm_euler_on_the_same_grid(e2e, shift):
+    """The pipeline with the loaded LoRA, sampled by sample_pipeline, equals scfm.sample of the distilled
+    model on the same noise: same grid (no second shift by the scheduler), same guidance convention."""
+    result, _ = load_run(e2e.run, "student")
+    pipe, adapter_cls = load_pipeline(e2e.model, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    load_lora(pipe, e2e.root / "lora.safetensors")
+    got = sample_pipeline(pipe, ["a red cat"], 2, shift=shift, generator=[torch.Generator().manual_seed(5)], height=32, width=48, output="latents")
+    cond = adapter_cls.encode_prompts(pipe, ["a red cat"], "cpu")
+    if e2e.family == "flux":
+        cond["guidance"] = torch.tensor([3.5])
+    noise = torch.randn(1, LATENT_CHANNELS, 16, 24, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(got, scfm.sample(result, noise, steps=2, shift=shift, **cond), atol=1e-4, rtol=1e-4)
+    scheduler = type(pipe.scheduler).__name__
+    assert scheduler == "FlowMatchEulerDiscreteScheduler" and pipe.scheduler.config.shift == 3.0  # the user's scheduler is back
+
+
+def test_sample_cli_writes_finite_images_of_the_requested_size(e2e, tmp_path):
+    from PIL import Image
+
+    assert main(["sample", "--run", str(e2e.run), "--weights", "student", "--prompt", "a red cat", "--prompt", "a blue dog",
+                 "--steps", "2", "--height", "32", "--width", "48", "--out", str(tmp_path / "s.png"), "--device", "cpu"]) == 0
+    for i in range(2):
+        with Image.open(tmp_path / f"s_{i}.png") as im:
+            assert im.size == (48, 32) and im.mode == "RGB"
+    out = tmp_path / "lora.png"
+    assert main(["sample", "--model", str(e2e.model), "--lora", str(e2e.root / "lora.safetensors"), "--prompt", "a cat",
+                 "--steps", "2", "--height", "32", "--width", "32", "--out", str(out), "--local-files-only", "--device", "cpu"]) == 0
+    with Image.open(out) as im:
+        assert im.size == (32, 32)
+
+
+def test_load_lora_refuses_a_file_naming_modules_the_transformer_lacks(pipeline_dirs, tmp_path):
+    from scfm.fileio import atomic_save_safetensors
+
+    pipe, _ = load_pipeline(pipeline_dirs["flux"], local_files_only=True)
+    path = atomic_save_safetensors({
+        "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(2, 32), "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(32, 2),
+        "transformer.transformer_blocks.7.attn.to_q.lora_A.weight": torch.zeros(2, 32), "transformer.transformer_blocks.7.attn.to_q.lora_B.weight": torch.zeros(32, 2),
+    }, tmp_path / "wrong.safetensors")
+    with pytest.raises(ValueError, match="does not fit this pipeline's transformer.*unexpected keys.*transformer_blocks.7"):
+        load_lora(pipe, path)
+
+
+def test_export_and_sample_refuse_a_builtin_run_and_a_missing_lora(tmp_path):
+    with pytest.raises(FileNotFoundError, match="finished scfm distill run"):
+        main(["export", "--run", str(tmp_path), "--format", "diffusers", "--out", str(tmp_path / "x.safetensors")])
+    with pytest.raises(FileNotFoundError, match="--lora"):
+        main(["sample", "--model", "m", "--lora", str(tmp_path / "none.safetensors"), "--prompt", "a"])
+    with pytest.raises(ValueError, match="exactly one of --run"):
+        main(["sample", "--prompt", "a"])
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+@pytest.mark.parametrize("preset, family", [("flux-dev", "flux"), ("sd35-large", "sd3")])
+def test_presets_validate_and_use_the_adapters_lora_targets(preset, family):
+    config = load_config(ROOT / "configs" / f"{preset}.yaml")
+    adapter = ADAPTERS[family]
+    assert tuple(config.lora_targets) == adapter.default_lora_targets
+    assert (config.lora_rank, config.lora_alpha, config.lr, config.batch_size, config.t_skip) == (64, 64.0, 2e-5, 8, 2)
+    assert (config.teacher_min, config.teacher_max, config.teacher_ratio) == (32, 32, 0.4)
+    assert (config.mixed_precision, config.model_dtype, config.gradient_checkpointing) == ("bf16", "bf16", True)
+    assert config.teacher.startswith("diffusers:") and config.data.startswith("cache:")
+    assert config.grad_clip == (10.0 if family == "flux" else 2.0)
+    if family == "flux":
+        assert (config.guidance_min, config.guidance_max, config.teacher) == (0.0, 7.5, "diffusers:black-forest-labs/FLUX.1-dev")
+    else:
+        assert (config.cfg_mode, config.cfg_scale) == ("runtime", 3.5)
+        assert config.teacher == "diffusers:stabilityai/stable-diffusion-3.5-large"
+        assert all(getattr(config, k) == v for k, v in adapter.recommended_config.items() if k != "lora_targets")
+
+
+@pytest.mark.slow
+def test_cache_memory_bench_runs_at_a_small_size(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "cache_memory.json"
+    subprocess.run([sys.executable, str(ROOT / "bench/cache_memory.py"), "--t5-width", "256", "--t5-layers", "2", "--steps", "1", "--out", str(out), "--json"],
+                   check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    result = json.loads(out.read_text())
+    assert [r["variant"] for r in result["rows"]] == ["python", "generate-data", "distill (cache)", "distill (full pipeline)"]
+    assert all(r["peak_rss_mb"] > 0 for r in result["rows"]) and result["component_mb"]["text_encoder_2"] > 1
