@@ -63,3 +63,9 @@ def test_the_documented_digits_command_runs(tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
     assert sorted(p.name for p in (out / "validation").iterdir()) == ["step_00000002.png", "step_00000004.png"]
     assert any((out / "tensorboard").iterdir())
+
+
+def test_yaml_no_is_read_as_the_string_no_for_text_fields():
+    from scfm.train.yaml_config import load_config
+
+    assert load_config(None, ["mixed_precision=no", "target_precision=no"]).mixed_precision == "no"

@@ -17,7 +17,7 @@ from scfm.cli import main  # noqa: E402
 from scfm.data.teacher_cache import META_FILE, SHARED_FILE, read_index  # noqa: E402
 from scfm.export_cli import load_run  # noqa: E402
 from scfm.fileio import load_safetensors  # noqa: E402
-from scfm.models.adapters import load_pipeline  # noqa: E402
+from scfm.models.adapters import get_adapter, load_pipeline  # noqa: E402
 from scfm.models.flux import FluxAdapter  # noqa: E402
 from scfm.models.sd3 import SD3Adapter  # noqa: E402
 from scfm.pipeline_sampling import load_lora, sample_pipeline  # noqa: E402
@@ -265,22 +265,25 @@ def test_export_and_sample_refuse_a_builtin_run_and_a_missing_lora(tmp_path):
 # ----------------------------------------------------------------------------- presets
 
 
-@pytest.mark.parametrize("preset, family", [("flux-dev", "flux"), ("sd35-large", "sd3")])
-def test_presets_validate_and_use_the_adapters_lora_targets(preset, family):
+@pytest.mark.parametrize("preset, family, model", [
+    ("flux-dev", "flux", "black-forest-labs/FLUX.1-dev"),
+    ("sd35-large", "sd3", "stabilityai/stable-diffusion-3.5-large"),
+    ("wan-t2v-1.3b", "wan", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"),
+])
+def test_presets_validate_and_use_the_adapters_lora_targets(preset, family, model):
     config = load_config(ROOT / "configs" / f"{preset}.yaml")
-    adapter = ADAPTERS[family]
+    adapter = get_adapter(family)
     assert tuple(config.lora_targets) == adapter.default_lora_targets
+    assert all(getattr(config, k) == v for k, v in adapter.recommended_config.items() if k != "lora_targets")
     assert (config.lora_rank, config.lora_alpha, config.lr, config.batch_size, config.t_skip) == (64, 64.0, 2e-5, 8, 2)
     assert (config.teacher_min, config.teacher_max, config.teacher_ratio) == (32, 32, 0.4)
     assert (config.mixed_precision, config.model_dtype, config.gradient_checkpointing) == ("bf16", "bf16", True)
-    assert config.teacher.startswith("diffusers:") and config.data.startswith("cache:")
+    assert (config.teacher, config.data) == (f"diffusers:{model}", f"cache:cache/{preset}")
     assert config.grad_clip == (10.0 if family == "flux" else 2.0)
     if family == "flux":
-        assert (config.guidance_min, config.guidance_max, config.teacher) == (0.0, 7.5, "diffusers:black-forest-labs/FLUX.1-dev")
-    else:
+        assert (config.guidance_min, config.guidance_max) == (0.0, 7.5)
+    else:  # true CFG: runtime, w = 3.5
         assert (config.cfg_mode, config.cfg_scale) == ("runtime", 3.5)
-        assert config.teacher == "diffusers:stabilityai/stable-diffusion-3.5-large"
-        assert all(getattr(config, k) == v for k, v in adapter.recommended_config.items() if k != "lora_targets")
 
 
 @pytest.mark.slow

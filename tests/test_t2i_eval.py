@@ -18,7 +18,7 @@ from torch import nn
 pytest.importorskip("torchmetrics")
 pytest.importorskip("transformers")
 
-from scfm.eval import t2i  # noqa: E402
+from scfm.eval import t2i, t2i_metrics  # noqa: E402
 from scfm.eval.metrics import frechet_distance  # noqa: E402
 
 pytestmark = pytest.mark.diffusers
@@ -178,13 +178,13 @@ def test_fid_needs_two_samples_per_set():
 
 
 def test_missing_torch_fidelity_says_pip_install_and_inception_weights(monkeypatch):
-    monkeypatch.setattr(t2i, "has_torch_fidelity", lambda: False)
+    monkeypatch.setattr(t2i_metrics, "has_torch_fidelity", lambda: False)
     with pytest.raises(ImportError, match=r"pip install torch-fidelity.*--inception-weights PATH.*--fid-features"):
         t2i.load_inception()
 
 
 def test_missing_inception_weights_file_is_named_with_the_fix(monkeypatch, tmp_path):
-    monkeypatch.setattr(t2i, "has_torch_fidelity", lambda: True)
+    monkeypatch.setattr(t2i_metrics, "has_torch_fidelity", lambda: True)
     with pytest.raises(FileNotFoundError, match=r"--inception-weights .*pt_inception-2015-12-05"):
         t2i.load_inception(tmp_path / "pt_inception-2015-12-05-6726825d.pth")
 
@@ -203,7 +203,7 @@ def test_prompt_files_txt_and_jsonl(tmp_path):
     assert t2i.load_prompts(tmp_path / "p.txt") == ["a cat", "a dog"]
     assert t2i.load_prompts(tmp_path / "p.jsonl", limit=1) == ["a cat"]
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\n{"label": 3}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2 needs a non-empty string field 'prompt'"):
+    with pytest.raises(ValueError, match=r'bad.jsonl:2: needs a non-empty string field "prompt" \(or "caption" / "text"\)'):
         t2i.load_prompts(tmp_path / "bad.jsonl")
 
 
@@ -240,7 +240,7 @@ def test_driver_refuses_a_missing_clip_before_generating(tmp_path):
 
 
 def test_driver_refuses_fid_without_torch_fidelity_before_generating(tmp_path, scorer, monkeypatch):
-    monkeypatch.setattr(t2i, "has_torch_fidelity", lambda: False)
+    monkeypatch.setattr(t2i_metrics, "has_torch_fidelity", lambda: False)
     with pytest.raises(ImportError, match="pip install torch-fidelity"):
         t2i.evaluate_text_to_image(must_not_generate, must_not_generate, PROMPTS, [1], tmp_path, clip=scorer, fid_features="inception")
 

@@ -109,17 +109,21 @@ class PromptEntry:
     line: int
 
 
-def read_prompts(path: str | os.PathLike) -> list[PromptEntry]:
+def read_prompts(path: str | os.PathLike, keys: Sequence[str] = ("prompt",)) -> list[PromptEntry]:
     """Read a ``.txt`` (one prompt a line) or ``.jsonl`` (``{"prompt": ..., "seed": optional int}``) file.
 
-    Blank lines are skipped. Raises ``FileNotFoundError`` / ``ValueError`` naming the file and
-    the line for a missing file, an empty file, or a malformed jsonl line.
+    The one prompt-file parser of scfm (``generate-data`` and ``eval``). Blank lines are skipped.
+    ``keys``: the jsonl fields that may hold the prompt, the first present one is used (``scfm
+    eval`` also accepts "caption" and "text"). Raises ``FileNotFoundError`` / ``ValueError``
+    naming the file and the line for a missing file, an empty file, or a malformed jsonl line.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {str(path)!r} does not exist; pass a .txt (one prompt per line) or .jsonl file with --prompts")
     entries: list[PromptEntry] = []
     jsonl = path.suffix.lower() == ".jsonl"
+    names = [f'"{k}"' for k in keys]
+    fields = names[0] + (f" (or {' / '.join(names[1:])})" if len(names) > 1 else "")  # '"prompt" (or "caption" / "text")'
     for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         line = raw.strip()
         if not line:
@@ -131,12 +135,13 @@ def read_prompts(path: str | os.PathLike) -> list[PromptEntry]:
             item = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}); each line must be like {{\"prompt\": \"a cat\", \"seed\": 3}}") from None
-        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) or not item["prompt"].strip():
-            raise ValueError(f"{path}:{number}: needs a non-empty string field \"prompt\" (got {line[:80]!r})")
+        text = next((item[k] for k in keys if k in item), None) if isinstance(item, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{path}:{number}: needs a non-empty string field {fields} (got {line[:80]!r})")
         seed = item.get("seed")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
             raise ValueError(f"{path}:{number}: \"seed\" must be a non-negative integer, got {seed!r}")
-        entries.append(PromptEntry(item["prompt"].strip(), seed, number))
+        entries.append(PromptEntry(text.strip(), seed, number))
     if not entries:
         raise ValueError(f"prompt file {str(path)!r} holds no prompt (only blank lines)")
     return entries

@@ -227,6 +227,8 @@ class DistillConfig:
         for f in dataclasses.fields(cls):
             if f.name in values and isinstance(f.default, float) and not isinstance(f.default, bool):
                 values[f.name] = _as_float(f.name, values[f.name])
+            if f.name in values and isinstance(f.default, str) and isinstance(values[f.name], bool):
+                values[f.name] = "yes" if values[f.name] else "no"  # YAML 1.1 reads a bare no / off as false
         for key in ("lora_targets", "self_grids"):
             if isinstance(values.get(key), list):
                 values[key] = tuple(values[key])
