@@ -47,6 +47,10 @@ def _fd(results: list[dict], key: str = "fd") -> list[list[float]]:
 
 
 # ---------------------------------------------------------------------------- baselines
+def baseline_specs() -> list[dict]:
+    return _seeded({}) + _seeded(LCM, solver="consistency")
+
+
 def baselines(jobs: int) -> str:
     from scfm.eval.harness import DigitsEvalSet, score_rows
     from scfm.eval.metrics import DigitsEvaluator
@@ -61,11 +65,10 @@ def baselines(jobs: int) -> str:
     teacher32 = score_rows(teacher, "teacher", [("euler", 32)], evalset, evaluator)[0]["fd"]
     scfm_runs = run_all(_seeded({}), jobs)
     lcm_runs = run_all(_seeded(LCM, solver="consistency"), jobs)
-    lcm_euler = run_all(_seeded(LCM), jobs)
     rows = solver_rows + [
         ("SCFM student, Euler", _fd(scfm_runs)),
         ("LCM-LoRA baseline, its multistep sampler", _fd(lcm_runs)),
-        ("LCM-LoRA baseline, Euler", _fd(lcm_euler)),
+        ("LCM-LoRA baseline, Euler", _fd(lcm_runs, "fd_euler")),
     ]
     seconds = [r["train_seconds"] for r in scfm_runs + lcm_runs]
     write_json("baselines", {"machine": machine(), "steps": STEPS, "teacher_euler_32": teacher32, "seeds": SEEDS,
@@ -107,10 +110,14 @@ def ablation_groups() -> list[tuple[str, list[tuple[str, dict]]]]:
     fast_slow = [(f"fast {f} / slow {s}", {"fast_decay": f, "slow_decay": s}) for f in (0.9, 0.99) for s in (0.99, 0.999, 0.9999)]
     return [
         ("teacher_ratio", [(f"teacher_ratio {r}" + (" (teacher only)" if r == 1.0 else ""), {"teacher_ratio": r}) for r in (0.2, 0.4, 0.6, 1.0)]),
-        ("EMA", [(f"single EMA {base.slow_decay}", {"fast_decay": base.slow_decay, "slow_decay": base.slow_decay})] + fast_slow),
-        ("t_skip", [("t_skip 2", {}), ("t_skip 4 (self grids 4, 8, 8, 8, 16)", {"t_skip": 4, "self_grids": (4, 8, 8, 8, 16)})]),
+        ("EMA", [(f"single EMA {base.slow_decay} (fast = slow)", {"fast_decay": base.slow_decay, "slow_decay": base.slow_decay})] + fast_slow),
+        ("t_skip", [("t_skip 2", {}), ("t_skip 4 (self grids doubled)", {"t_skip": 4, "self_grids": tuple(2 * n for n in base.self_grids)})]),
         ("EMA restarts", [("no restarts", {}), ("restart every 100 steps", {"ema_restart_every": 100})]),
     ]
+
+
+def ablation_specs() -> list[dict]:
+    return [s for _, rows in ablation_groups() for _, o in rows for s in _seeded(o)]
 
 
 def ablations(jobs: int) -> str:
@@ -118,8 +125,7 @@ def ablations(jobs: int) -> str:
 
     base = digits_config()
     groups = ablation_groups()
-    all_specs = [s for _, rows in groups for _, o in rows for s in _seeded(o)]
-    run_all(all_specs, jobs)  # one pool over every group keeps both processes busy
+    run_all(ablation_specs(), jobs)  # one pool over every group keeps both processes busy
     parts, payload = [], {"machine": machine(), "steps": STEPS, "seeds": SEEDS, "groups": {}}
     for name, rows in groups:
         measured = [(label, run_all(_seeded(o), jobs)) for label, o in rows]
@@ -136,10 +142,17 @@ def ablations(jobs: int) -> str:
 
 
 # ---------------------------------------------------------------------------- curves
+CURVE_EVERY = 25
+CURVE_VARIANTS = [("SCFM preset", {}), ("teacher only (teacher_ratio 1.0)", {"teacher_ratio": 1.0})]
+
+
+def curve_specs() -> list[dict]:
+    return [spec(o, seed=0, curve_every=CURVE_EVERY) for _, o in CURVE_VARIANTS]
+
+
 def curves(jobs: int) -> str:
-    every = 25
-    variants = [("SCFM preset", {}), ("teacher only (teacher_ratio 1.0)", {"teacher_ratio": 1.0})]
-    results = [(label, run_all([spec(o, seed=0, curve_every=every)], jobs)[0]) for label, o in variants]
+    every = CURVE_EVERY
+    results = list(zip([label for label, _ in CURVE_VARIANTS], run_all(curve_specs(), jobs)))
     _plot_curves(results)
     write_json("curves", {"machine": machine(), "every": every, "runs": [{"label": label, "curve": r["curve"], "history": r["history"]} for label, r in results]})
     lines = ["| run | step | FD 2 | FD 4 | self-branch loss | teacher-branch loss | consistency residual |", "|---|---|---|---|---|---|---|"]
@@ -178,9 +191,16 @@ def _plot_curves(results) -> None:
 
 
 # ---------------------------------------------------------------------------- few-shot
+SUBSETS = (0, 1, 2, 3, 4)
+
+
+def fewshot_specs() -> list[dict]:
+    return [spec({}, seed=0, shots=10, subset_seed=k) for k in SUBSETS] + _seeded({})
+
+
 def fewshot(jobs: int) -> str:
-    subsets = (0, 1, 2, 3, 4)
-    few = run_all([spec({}, seed=0, shots=10, subset_seed=k) for k in subsets], jobs)
+    subsets = SUBSETS
+    few = run_all(fewshot_specs()[: len(SUBSETS)], jobs)
     full = run_all(_seeded({}), jobs)
     rows = [("full data (1437 digits), seeds 0-2", _fd(full)), ("10 digits, 5 random subsets", _fd(few))]
     write_json("fewshot", {"machine": machine(), "steps": STEPS, "subsets": subsets, "rows": [{"label": label, "fd_per_run": v} for label, v in rows]})
@@ -201,6 +221,8 @@ def main() -> None:
     parser.add_argument("table", choices=[*TABLES, "all"])
     parser.add_argument("--jobs", type=int, default=2, help="trainings side by side, one thread each")
     args = parser.parse_args()
+    if args.table == "all":  # one pool over every table's runs keeps all processes busy
+        run_all(baseline_specs() + curve_specs() + fewshot_specs() + ablation_specs(), args.jobs)
     for name in TABLES if args.table == "all" else [args.table]:
         fn, section = TABLES[name]
         start = time.perf_counter()

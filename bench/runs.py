@@ -93,8 +93,12 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         result.use_weights(which)
         scores[which] = score_rows(result, which, [(solver, n) for n in STEPS], evalset, evaluator)
     rows, raw = scores[config.final_weights], scores["student"]
+    euler = None
+    if solver != "euler":  # the same LoRA also sampled by plain Euler (SCFM's sampler)
+        result.use_weights(config.final_weights)
+        euler = [r["fd"] for r in score_rows(result, "euler", [("euler", n) for n in STEPS], evalset, evaluator)]
     history = [{k: r[k] for k in ("step", "loss", "loss_teacher", "loss_self", "consistency_residual")} for r in result.history]
-    return {"fd": [r["fd"] for r in rows], "class_acc": [r["class_acc"] for r in rows], "fd_student": [r["fd"] for r in raw],
+    return {"fd": [r["fd"] for r in rows], "class_acc": [r["class_acc"] for r in rows], "fd_student": [r["fd"] for r in raw], "fd_euler": euler,
             "train_seconds": round(seconds, 1),
             "curve": curve, "history": history if spec.get("curve_every") else []}
 
@@ -144,4 +148,14 @@ def run_all(specs: Iterable[dict[str, Any]], jobs: int = 2) -> list[dict]:
 
 
 def spec(overrides: dict[str, Any] | None = None, seed: int = 0, **extra: Any) -> dict[str, Any]:
-    return {"overrides": dict(overrides or {}), "seed": seed, "eval_seed": 999, "eval_samples": 1000, **extra}
+    """A run: the preset plus ``overrides`` (those equal to the preset are dropped, so equal
+    runs share one cache entry), training ``seed``, eval settings and ``extra`` keys."""
+    from scfm.presets import digits_config
+
+    preset = digits_config().to_dict()
+    changed = {k: v for k, v in (overrides or {}).items() if _plain(preset.get(k)) != _plain(v)}
+    return {"overrides": changed, "seed": seed, "eval_seed": 999, "eval_samples": 1000, **extra}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
