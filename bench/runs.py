@@ -134,7 +134,7 @@ def run_all(specs: Iterable[dict[str, Any]], jobs: int = 2) -> list[dict]:
     time, each process on one thread. Returns rows in the order of ``specs``."""
     specs = list(specs)
     cache = _load_cache()
-    todo = [s for s in specs if run_key(s) not in cache]
+    todo = list({run_key(s): s for s in specs if run_key(s) not in cache}.values())  # each distinct run once
     if todo:
         print(f"{len(specs) - len(todo)} of {len(specs)} runs cached; measuring {len(todo)} with {jobs} process(es)", flush=True)
         os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -118,6 +118,8 @@ class VelocityAdapter(nn.Module):
     """DistillConfig fields the official scripts use for this family (``DistillConfig(**recommended_config)``)."""
     cond_keys: ClassVar[tuple[str, ...]] = ()
     """Every cond key :meth:`forward` accepts."""
+    latent_ndim: ClassVar[int] = 4
+    """Dims of the latents x: 4 for images [B, C, H, W], 5 for video [B, C, F, h, w]."""
     pipeline_class_name: ClassVar[str] = ""
     """The diffusers pipeline class of the family ("FluxPipeline", "StableDiffusion3Pipeline"): what
     :func:`load_pipeline` builds and what the pipeline hooks below are written against."""
@@ -235,9 +237,10 @@ class VelocityAdapter(nn.Module):
             raise ValueError(f"{type(self).__name__} got unknown cond key(s) {unknown}; it accepts {list(self.cond_keys)}")
 
     def _check_x_t(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        """Validate x [B, C, H, W]; return t as a [B] tensor on x's device."""
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            raise ValueError(f"{type(self).__name__} expects unpacked latents x [B, C, H, W], got shape {tuple(getattr(x, 'shape', ()))}")
+        """Validate x ([B, C, H, W], or [B, C, F, h, w] when ``latent_ndim`` is 5); return t as a [B] tensor on x's device."""
+        if not isinstance(x, torch.Tensor) or x.dim() != self.latent_ndim:
+            layout = "video latents x [B, C, F, h, w]" if self.latent_ndim == 5 else "unpacked latents x [B, C, H, W]"
+            raise ValueError(f"{type(self).__name__} expects {layout}, got shape {tuple(getattr(x, 'shape', ()))}")
         t = torch.as_tensor(t, device=x.device)
         if t.dim() == 0:
             t = t.expand(x.shape[0])

@@ -150,6 +150,7 @@ class WanAdapter(TrueCFG, VelocityAdapter):
         "lora_alpha": 64.0,
     }
     cond_keys = ("prompt_embeds", "negative_prompt_embeds")
+    latent_ndim = 5
 
     default_negative_prompt: ClassVar[str] = ""
     """Negative prompt of the pipeline hooks when none is given (the spec's empty prompt)."""
@@ -196,19 +197,13 @@ class WanAdapter(TrueCFG, VelocityAdapter):
 
     def _check_x_t(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """Validate x [B, C, F, h, w] against the transformer; return t as a [B] tensor on x's device."""
-        if not isinstance(x, torch.Tensor) or x.dim() != 5:
-            raise ValueError(f"WanAdapter expects video latents x [B, C, F, h, w], got shape {tuple(getattr(x, 'shape', ()))}")
+        t = super()._check_x_t(x, t)
         _, c, f, h, w = x.shape
         if c != self.latent_channels:
             raise ValueError(f"x has {c} channels but this Wan transformer expects in_channels={self.latent_channels}")
         p_t, p_h, p_w = self.patch_size
         if f % p_t or h % p_h or w % p_w:
             raise ValueError(f"Wan latents [F, h, w] = [{f}, {h}, {w}] must be divisible by patch_size={self.patch_size}")
-        t = torch.as_tensor(t, device=x.device)
-        if t.dim() == 0:
-            t = t.expand(x.shape[0])
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"t has shape {tuple(t.shape)}; expected [B] = [{x.shape[0]}] (one time in [0, 1] per sample)")
         return t
 
     # ------------------------------------------------------------------ velocity
