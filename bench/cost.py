@@ -136,6 +136,38 @@ def peak_memory(model: str, batch: int, steps: int) -> dict:
     return out
 
 
+def sampling_times(batch: int, steps_list: tuple[int, ...] = (1, 2, 4, 8), repeats: int = 7) -> list[dict]:
+    """Milliseconds per generated digit at n Euler steps, LoRA unfused (peft layers) and fused.
+
+    The preset's LoRA (rank 32 on every block Linear) on the shipped teacher; weights do not
+    change the cost, so the LoRA is the freshly attached one. Unfused and fused runs are
+    interleaved; medians over ``repeats`` batches of ``batch`` digits.
+    """
+    import copy
+
+    from scfm.sampling import sample
+    from scfm.weights.lora import attach_lora, fuse_lora
+
+    cfg = digits_config()
+    unfused = attach_lora(load_shipped_teacher("digits"), cfg.lora_spec()).eval()
+    fused = fuse_lora(copy.deepcopy(unfused)).eval()
+    gen = torch.Generator().manual_seed(0)
+    noise, labels = torch.randn(batch, 1, 8, 8, generator=gen), torch.arange(batch) % 10
+    rows = []
+    for n in steps_list:
+        times = {"unfused": [], "fused": []}
+        for i in range(repeats + 1):
+            for name, model in (("unfused", unfused), ("fused", fused)):
+                start = time.perf_counter()
+                sample(model, noise, steps=n, label=labels)
+                if i:  # the first round warms up
+                    times[name].append(time.perf_counter() - start)
+        med = {k: 1e3 * statistics.median(v) / batch for k, v in times.items()}
+        rows.append({"steps": n, "unfused_ms_per_image": round(med["unfused"], 4), "fused_ms_per_image": round(med["fused"], 4),
+                     "unfused_over_fused": round(med["unfused"] / med["fused"], 3), "batch": batch})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -158,7 +190,8 @@ def main() -> None:
     result.update({"scfm_over_fm_step_time": round(digits["ratio"], 4), "scfm_over_fm_peak_memory": round(mem["ratio"], 4),
                    "scfm_over_fm_peak_rss": round(mem["rss_ratio"], 4) if "rss_ratio" in mem else None,
                    "scfm_fp32_targets_over_fm_step_time": round(fp32["ratio"], 4),
-                   "digits": {**digits, "memory": mem, "batch": args.batch}, "digits_fp32_targets": {**fp32, "batch": args.batch}})
+                   "digits": {**digits, "memory": mem, "batch": args.batch}, "digits_fp32_targets": {**fp32, "batch": args.batch},
+                   "digits_sampling": sampling_times(100)})
     if args.flux:
         flux = interleaved_times(flux_engine, 2, args.steps, args.warmup, device)
         result["flux_tiny"] = {**flux, "memory": peak_memory("flux", 2, max(3, args.steps // 4)), "batch": 2}
@@ -172,6 +205,9 @@ def main() -> None:
             r = result[name]
             mem = f"{r['memory']['ratio']:15.3f} {r['memory'].get('rss_ratio', float('nan')):15.3f}" if "memory" in r else f"{'':>15}"
             print(f"{name:20} {r['scfm_ms']:9.1f} {r['fm_ms']:9.1f} {r['ratio']:7.3f} {THEORETICAL:7.3f} {mem}")
+    print(f"\nsampling, digits, batch 100: {'steps':>5} {'unfused ms/img':>15} {'fused ms/img':>13} {'ratio':>6}")
+    for r in result["digits_sampling"]:
+        print(f"{'':28} {r['steps']:5d} {r['unfused_ms_per_image']:15.3f} {r['fused_ms_per_image']:13.3f} {r['unfused_over_fused']:6.2f}")
 
 
 if __name__ == "__main__":
