@@ -1,7 +1,8 @@
 """Quality benchmarks on the built-in digits teacher: baselines, ablations, curves, few-shot.
 
     python bench/quality.py baselines   # teacher solvers, SCFM and the LCM baseline vs steps
-    python bench/quality.py ablations   # SCFM ablations, 3 seeds each, mean and 95% interval
+    python bench/quality.py ablations   # SCFM ablations, 3 seeds each, mean and 95% interval (all groups)
+    python bench/quality.py ablation-EMA   # one group: ablation-teacher_ratio / -EMA / -t_skip / -EMA-restarts
     python bench/quality.py curves      # FD at 2 / 4 steps, self loss, residual vs training step
     python bench/quality.py fewshot     # 10 training digits, 5 subsets, against full data
     python bench/quality.py all
@@ -15,7 +16,7 @@ single-thread trainings side by side. FD: 1000 samples, eval noise seed 999.
 from __future__ import annotations
 
 import argparse
-import time
+import functools
 from collections.abc import Callable
 
 from runs import STEPS, run_all, spec
@@ -51,7 +52,7 @@ def baseline_specs() -> list[dict]:
     return _seeded({}) + _seeded(LCM, solver="consistency")
 
 
-def baselines(jobs: int) -> str:
+def baselines(jobs: int) -> tuple[str, list[dict]]:
     from scfm.eval.harness import DigitsEvalSet, score_rows
     from scfm.eval.metrics import DigitsEvaluator
     from scfm.models.builtin import load_shipped_teacher
@@ -81,7 +82,7 @@ def baselines(jobs: int) -> str:
         f"(SCFM: teacher/EMA sub-steps; LCM: teacher Euler step + target-network EMA). Training took {min(seconds):.0f}-{max(seconds):.0f} s per run "
         "(one thread, two runs side by side).\n\n" + _table("sampler", rows) + "\n\n![FD vs steps](bench/results/baselines.png)"
     )
-    return text
+    return text, scfm_runs + lcm_runs
 
 
 def _plot_baselines(rows, teacher32: float) -> None:
@@ -116,29 +117,26 @@ def ablation_groups() -> list[tuple[str, list[tuple[str, dict]]]]:
     ]
 
 
-def ablation_specs() -> list[dict]:
-    return [s for _, rows in ablation_groups() for _, o in rows for s in _seeded(o)]
+def ablation_specs(group: str | None = None) -> list[dict]:
+    return [s for name, rows in ablation_groups() if group in (None, name) for _, o in rows for s in _seeded(o)]
 
 
-def ablations(jobs: int) -> str:
+def ablation(group: str, jobs: int) -> tuple[str, list[dict]]:
+    """One ablation group: every row over SEEDS, final weights and raw student."""
     from scfm.presets import digits_config
 
     base = digits_config()
-    groups = ablation_groups()
-    run_all(ablation_specs(), jobs)  # one pool over every group keeps both processes busy
-    parts, payload = [], {"machine": machine(), "steps": STEPS, "seeds": SEEDS, "groups": {}}
-    for name, rows in groups:
-        measured = [(label, run_all(_seeded(o), jobs)) for label, o in rows]
-        table_rows = [(label, _fd(r)) for label, r in measured]
-        student_rows = [(label + " (raw student)", _fd(r, "fd_student")) for label, r in measured]
-        payload["groups"][name] = [{"label": label, "overrides": o, "fd_per_seed": _fd(r), "fd_student_per_seed": _fd(r, "fd_student")}
-                                   for (label, o), (_, r) in zip(rows, measured)]
-        parts.append(f"**{name}** (final weights: {base.final_weights}; raw student below)\n\n" + _table(name, table_rows + student_rows))
-    write_json("ablations", payload)
-    head = (f"Each row: the digits preset with one change, training seeds {list(SEEDS)}, mean ± 95% t-interval "
-            f"(n = 3: the interval is wide; t = 4.30). Preset: fast {base.fast_decay}, slow {base.slow_decay}, "
-            f"teacher_ratio {base.teacher_ratio}, t_skip {base.t_skip}, {base.max_steps} steps.\n\n")
-    return head + "\n\n".join(parts)
+    rows = dict(ablation_groups())[group]
+    run_all(ablation_specs(group), jobs)
+    measured = [(label, o, run_all(_seeded(o), jobs)) for label, o in rows]
+    table_rows = [(label, _fd(r)) for label, _, r in measured] + [(label + " (raw student)", _fd(r, "fd_student")) for label, _, r in measured]
+    write_json(f"ablation_{group}", {"machine": machine(), "steps": STEPS, "seeds": SEEDS, "rows": [
+        {"label": label, "overrides": o, "fd_per_seed": _fd(r), "fd_student_per_seed": _fd(r, "fd_student")} for label, o, r in measured]})
+    head = (f"**{group}**: the digits preset with one change, training seeds {list(SEEDS)}, mean ± 95% t-interval "
+            f"(n = 3, t = 4.30: the interval is wide). Preset: fast {base.fast_decay}, slow {base.slow_decay}, "
+            f"teacher_ratio {base.teacher_ratio}, t_skip {base.t_skip}, {base.max_steps} steps; final weights "
+            f"{base.final_weights}, the raw student below.\n\n")
+    return head + _table(group, table_rows), [r for _, _, runs in measured for r in runs]
 
 
 # ---------------------------------------------------------------------------- curves
@@ -150,7 +148,7 @@ def curve_specs() -> list[dict]:
     return [spec(o, seed=0, curve_every=CURVE_EVERY) for _, o in CURVE_VARIANTS]
 
 
-def curves(jobs: int) -> str:
+def curves(jobs: int) -> tuple[str, list[dict]]:
     every = CURVE_EVERY
     results = list(zip([label for label, _ in CURVE_VARIANTS], run_all(curve_specs(), jobs)))
     _plot_curves(results)
@@ -164,7 +162,8 @@ def curves(jobs: int) -> str:
             h = hist.get(point["step"], {})
             lines.append(f"| {label} | {point['step']} | {point['fd2']:.2f} | {point['fd4']:.2f} | {h.get('loss_self', float('nan')):.4f} | "
                          f"{h.get('loss_teacher', float('nan')):.4f} | {h.get('consistency_residual', float('nan')):.4f} |")
-    return "Seed 0, FD of the final-weights copy every 25 steps (table: every 100).\n\n" + "\n".join(lines) + "\n\n![training curves](bench/results/curves.png)"
+    text = "Seed 0, FD of the final-weights copy every 25 steps (table: every 100).\n\n" + "\n".join(lines) + "\n\n![training curves](bench/results/curves.png)"
+    return text, [r for _, r in results]
 
 
 def _plot_curves(results) -> None:
@@ -198,37 +197,47 @@ def fewshot_specs() -> list[dict]:
     return [spec({}, seed=0, shots=10, subset_seed=k) for k in SUBSETS] + _seeded({})
 
 
-def fewshot(jobs: int) -> str:
+def fewshot(jobs: int) -> tuple[str, list[dict]]:
     subsets = SUBSETS
     few = run_all(fewshot_specs()[: len(SUBSETS)], jobs)
     full = run_all(_seeded({}), jobs)
     rows = [("full data (1437 digits), seeds 0-2", _fd(full)), ("10 digits, 5 random subsets", _fd(few))]
     write_json("fewshot", {"machine": machine(), "steps": STEPS, "subsets": subsets, "rows": [{"label": label, "fd_per_run": v} for label, v in rows]})
-    return ("Distillation data = 10 training digits drawn at random (subset seeds 0-4, training seed 0), "
+    text = ("Distillation data = 10 training digits drawn at random (subset seeds 0-4, training seed 0), "
             "everything else the preset; FD against the full training set.\n\n" + _table("data", rows))
+    return text, few + full
 
 
-TABLES: dict[str, tuple[Callable[[int], str], str]] = {
+ABLATION_GROUPS = ("teacher_ratio", "EMA", "t_skip", "EMA restarts")
+TABLES: dict[str, tuple[Callable[[int], tuple[str, list[dict]]], str]] = {
     "baselines": (baselines, "quality-baselines"),
-    "ablations": (ablations, "quality-ablations"),
+    **{f"ablation-{g.replace(' ', '-')}": (functools.partial(ablation, g), f"quality-ablation-{g.replace(' ', '-')}") for g in ABLATION_GROUPS},
     "curves": (curves, "quality-curves"),
     "fewshot": (fewshot, "quality-fewshot"),
 }
 
 
+def regenerate_minutes(runs: list[dict], jobs: int) -> float:
+    """Wall minutes to measure ``runs`` from scratch, ``jobs`` at a time (their measured seconds;
+    runs measured before whole-run seconds were recorded: training time + 10%)."""
+    distinct = {r["key"]: r for r in runs}.values()
+    return sum(r.get("seconds", 1.1 * r["train_seconds"]) for r in distinct) / jobs / 60
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("table", choices=[*TABLES, "all"])
+    parser.add_argument("table", choices=[*TABLES, "ablations", "all"])
     parser.add_argument("--jobs", type=int, default=2, help="trainings side by side, one thread each")
     args = parser.parse_args()
     if args.table == "all":  # one pool over every table's runs keeps all processes busy
         run_all(baseline_specs() + curve_specs() + fewshot_specs() + ablation_specs(), args.jobs)
-    for name in TABLES if args.table == "all" else [args.table]:
+    names = {"all": list(TABLES), "ablations": [n for n in TABLES if n.startswith("ablation-")]}.get(args.table, [args.table])
+    for name in names:
         fn, section = TABLES[name]
-        start = time.perf_counter()
-        text = fn(args.jobs)
-        minutes = (time.perf_counter() - start) / 60
-        text += f"\n\nRegenerate: `python bench/quality.py {name} --jobs {args.jobs}` ({machine()}; this run: {minutes:.0f} min, cached runs excluded)."
+        text, runs = fn(args.jobs)
+        minutes = regenerate_minutes(runs, args.jobs)
+        text += (f"\n\nRegenerate: `python bench/quality.py {name} --jobs {args.jobs}`: {len({r['key'] for r in runs})} runs, "
+                 f"about {minutes:.0f} min from scratch on {machine()} (runs already in bench/results/runs.jsonl are reused).")
         print(text, flush=True)
         write_section(section, text)
 

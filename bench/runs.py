@@ -99,7 +99,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         euler = [r["fd"] for r in score_rows(result, "euler", [("euler", n) for n in STEPS], evalset, evaluator)]
     history = [{k: r[k] for k in ("step", "loss", "loss_teacher", "loss_self", "consistency_residual")} for r in result.history]
     return {"fd": [r["fd"] for r in rows], "class_acc": [r["class_acc"] for r in rows], "fd_student": [r["fd"] for r in raw], "fd_euler": euler,
-            "train_seconds": round(seconds, 1),
+            "train_seconds": round(seconds, 1), "seconds": round(time.perf_counter() - start, 1),
             "curve": curve, "history": history if spec.get("curve_every") else []}
 
 
