@@ -175,6 +175,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--flux", action="store_true", help="also the tiny Flux transformer (needs diffusers)")
+    parser.add_argument("--sampling-batch", type=int, default=100, help="digits per timed sampling batch")
+    parser.add_argument("--sampling-repeats", type=int, default=7, help="timed sampling batches per step count")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-scfm", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -191,7 +193,7 @@ def main() -> None:
                    "scfm_over_fm_peak_rss": round(mem["rss_ratio"], 4) if "rss_ratio" in mem else None,
                    "scfm_fp32_targets_over_fm_step_time": round(fp32["ratio"], 4),
                    "digits": {**digits, "memory": mem, "batch": args.batch}, "digits_fp32_targets": {**fp32, "batch": args.batch},
-                   "digits_sampling": sampling_times(100)})
+                   "digits_sampling": sampling_times(args.sampling_batch, repeats=args.sampling_repeats)})
     if args.flux:
         flux = interleaved_times(flux_engine, 2, args.steps, args.warmup, device)
         result["flux_tiny"] = {**flux, "memory": peak_memory("flux", 2, max(3, args.steps // 4)), "batch": 2}
@@ -205,7 +207,7 @@ def main() -> None:
             r = result[name]
             mem = f"{r['memory']['ratio']:15.3f} {r['memory'].get('rss_ratio', float('nan')):15.3f}" if "memory" in r else f"{'':>15}"
             print(f"{name:20} {r['scfm_ms']:9.1f} {r['fm_ms']:9.1f} {r['ratio']:7.3f} {THEORETICAL:7.3f} {mem}")
-    print(f"\nsampling, digits, batch 100: {'steps':>5} {'unfused ms/img':>15} {'fused ms/img':>13} {'ratio':>6}")
+    print(f"\nsampling, digits, batch {args.sampling_batch}: {'steps':>5} {'unfused ms/img':>15} {'fused ms/img':>13} {'ratio':>6}")
     for r in result["digits_sampling"]:
         print(f"{'':28} {r['steps']:5d} {r['unfused_ms_per_image']:15.3f} {r['fused_ms_per_image']:13.3f} {r['unfused_over_fused']:6.2f}")
 

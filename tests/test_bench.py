@@ -22,7 +22,8 @@ def test_gpu_bench_runs_at_tiny_size_on_cpu():
 
 
 def test_cost_bench_prints_one_json_object_with_the_ratios():
-    proc = subprocess.run([sys.executable, str(ROOT / "bench/cost.py"), "--json", "--batch", "8", "--steps", "2", "--warmup", "0"],
+    proc = subprocess.run([sys.executable, str(ROOT / "bench/cost.py"), "--json", "--batch", "8", "--steps", "2", "--warmup", "0",
+                           "--sampling-batch", "4", "--sampling-repeats", "1"],
                           capture_output=True, text=True, env=ENV, timeout=300, check=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["scfm_over_fm_step_time"] > 1.0 and result["scfm_over_fm_peak_memory"] > 0.5
