@@ -21,7 +21,7 @@ import functools
 import time
 from collections.abc import Callable
 
-from runs import STEPS, run_all, spec
+from runs import RESULTS, STEPS, run_all, run_key, spec
 from stats import fmt_ci, mean_ci
 
 from report import machine, write_json, write_section
@@ -32,12 +32,17 @@ LCM = {"objective": "lcm", "teacher_min": 16, "teacher_max": 16}
 
 
 def _row_cells(values_per_seed: list[list[float]]) -> list[str]:
+    if not values_per_seed:
+        return ["not run"] * len(STEPS)
     return [fmt_ci([v[i] for v in values_per_seed]) for i in range(len(STEPS))]
 
 
-def _table(header: str, rows: list[tuple[str, list[list[float]]]]) -> str:
+def _table(header: str, rows: list[tuple[str, list[list[float]]]], runs_per_row: int = len(SEEDS)) -> str:
+    """Markdown table, one row per label; a row with fewer runs than ``runs_per_row`` says how many."""
     lines = [f"| {header} | " + " | ".join(f"FD {n}" for n in STEPS) + " |", "|---" * (len(STEPS) + 1) + "|"]
-    lines += [f"| {label} | " + " | ".join(_row_cells(values)) + " |" for label, values in rows]
+    for label, values in rows:
+        note = f" (n = {len(values)})" if 0 < len(values) < runs_per_row else ""
+        lines.append(f"| {label}{note} | " + " | ".join(_row_cells(values)) + " |")
     return "\n".join(lines)
 
 
@@ -82,7 +87,7 @@ def baselines(jobs: int) -> tuple[str, list[dict]]:
         f"teacher rows are deterministic. Equal training compute: both students train {scfm_runs[0]['spec']['overrides'] or 'the preset'} "
         "with the same steps, batch, LoRA and EMA; per row each spends one student forward+backward and two no-grad forwards "
         f"(SCFM: teacher/EMA sub-steps; LCM: teacher Euler step + target-network EMA). Training took {min(seconds):.0f}-{max(seconds):.0f} s per run "
-        "(one thread, two runs side by side).\n\n" + _table("sampler", rows) + "\n\n![FD vs steps](bench/results/baselines.png)"
+        "(one thread, two runs side by side).\n\n" + _table("sampler", rows, runs_per_row=1) + "\n\n![FD vs steps](bench/results/baselines.png)"
     )
     return text, scfm_runs + lcm_runs
 
@@ -101,7 +106,7 @@ def _plot_baselines(rows, teacher32: float) -> None:
     ax.set(xlabel="steps", ylabel="FD (lower is better)", yscale="log", title="digits: quality vs steps")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig("bench/results/baselines.png", dpi=120)
+    fig.savefig(RESULTS / "baselines.png", dpi=120)
     plt.close(fig)
 
 
@@ -157,7 +162,8 @@ def curve_specs() -> list[dict]:
 
 def curves(jobs: int) -> tuple[str, list[dict]]:
     every = CURVE_EVERY
-    results = list(zip([label for label, _ in CURVE_VARIANTS], run_all(curve_specs(), jobs)))
+    by_key = {r["key"]: r for r in run_all(curve_specs(), jobs)}
+    results = [(label, by_key[run_key(s)]) for (label, _), s in zip(CURVE_VARIANTS, curve_specs()) if run_key(s) in by_key]
     _plot_curves(results)
     write_json("curves", {"machine": machine(), "every": every, "runs": [{"label": label, "curve": r["curve"], "history": r["history"]} for label, r in results]})
     lines = ["| run | step | FD 2 | FD 4 | self-branch loss | teacher-branch loss | consistency residual |", "|---|---|---|---|---|---|---|"]
@@ -192,7 +198,7 @@ def _plot_curves(results) -> None:
         ax.set_yscale("log")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig("bench/results/curves.png", dpi=110)
+    fig.savefig(RESULTS / "curves.png", dpi=110)
     plt.close(fig)
 
 
@@ -211,7 +217,7 @@ def fewshot(jobs: int) -> tuple[str, list[dict]]:
     rows = [("full data (1437 digits), seeds 0-2", _fd(full)), ("10 digits, 5 random subsets", _fd(few))]
     write_json("fewshot", {"machine": machine(), "steps": STEPS, "subsets": subsets, "rows": [{"label": label, "fd_per_run": v} for label, v in rows]})
     text = ("Distillation data = 10 training digits drawn at random (subset seeds 0-4, training seed 0), "
-            "everything else the preset; FD against the full training set.\n\n" + _table("data", rows))
+            "everything else the preset; FD against the full training set.\n\n" + _table("data", rows, runs_per_row=1))
     return text, few + full
 
 
