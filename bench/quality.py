@@ -281,7 +281,7 @@ def regenerate_minutes(runs: list[dict], jobs: int) -> float:
     """Wall minutes to measure ``runs`` from scratch, ``jobs`` at a time (their measured seconds;
     runs measured before whole-run seconds were recorded: training time + 10%)."""
     distinct = {r["key"]: r for r in runs}.values()
-    return sum(r.get("seconds", 1.1 * r["train_seconds"]) for r in distinct) / jobs / 60
+    return sum(r["seconds"] if "seconds" in r else 1.1 * r["train_seconds"] for r in distinct) / jobs / 60
 
 
 def main() -> None:
