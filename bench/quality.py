@@ -142,7 +142,7 @@ def ablation(group: str, jobs: int) -> tuple[str, list[dict]]:
     run_all(ablation_specs(group), jobs)
     measured = [(label, o, run_all(_seeded(o), jobs)) for label, o in rows]
     table_rows = [(label, _fd(r)) for label, _, r in measured] + [(label + " (raw student)", _fd(r, "fd_student")) for label, _, r in measured]
-    write_json(f"ablation_{group}", {"machine": machine(), "steps": STEPS, "seeds": SEEDS, "rows": [
+    write_json(f"ablation_{group.replace(' ', '_')}", {"machine": machine(), "steps": STEPS, "seeds": SEEDS, "rows": [
         {"label": label, "overrides": o, "fd_per_seed": _fd(r), "fd_student_per_seed": _fd(r, "fd_student")} for label, o, r in measured]})
     head = (f"**{group}**: the digits preset with one change, training seeds {list(SEEDS)}, mean ± 95% t-interval "
             f"(n = 3, t = 4.30: the interval is wide). Preset: fast {base.fast_decay}, slow {base.slow_decay}, "
