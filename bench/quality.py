@@ -296,8 +296,9 @@ def main() -> None:
         fn, section = TABLES[name]
         text, runs = fn(args.jobs)
         minutes = regenerate_minutes(runs, args.jobs)
+        reuse = " (runs already in bench/results/runs.jsonl are reused)" if all("spec" in r for r in runs) else ""
         text += (f"\n\nRegenerate: `python bench/quality.py {name} --jobs {args.jobs}`: {len({r['key'] for r in runs})} runs, "
-                 f"about {minutes:.0f} min from scratch on {machine()} (runs already in bench/results/runs.jsonl are reused).")
+                 f"about {minutes:.0f} min from scratch on {machine()}{reuse}.")
         print(text, flush=True)
         write_section(section, text)
 
