@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -110,19 +111,13 @@ def _curve_probe(curve: list[dict], evalset, evaluator) -> Callable:
     def probe(engine) -> None:
         which = engine.config.final_weights
         copy = {"slow_ema": engine.ema.slow, "fast_ema": engine.ema.fast}.get(which)
-        ctx = engine.step_fn.switch.use(copy) if copy is not None else _null()
+        ctx = engine.step_fn.switch.use(copy) if copy is not None else nullcontext()
         with ctx:
             rows = score_rows(engine.model, "probe", [("euler", 2), ("euler", 4)], evalset, evaluator)
         engine.model.train()
         curve.append({"step": engine.step, "fd2": rows[0]["fd"], "fd4": rows[1]["fd"]})
 
     return probe
-
-
-def _null():
-    from contextlib import nullcontext
-
-    return nullcontext()
 
 
 def _worker(spec: dict) -> tuple[dict, dict]:
@@ -139,7 +134,8 @@ def run_all(specs: Iterable[dict[str, Any]], jobs: int = 2) -> list[dict]:
         print(f"SCFM_BENCH_CACHED_ONLY: {len(todo)} run(s) not measured, left out of the table", flush=True)
         return [cache[run_key(s)] for s in specs if run_key(s) in cache]
     if todo:
-        print(f"{len(specs) - len(todo)} of {len(specs)} runs cached; measuring {len(todo)} with {jobs} process(es)", flush=True)
+        distinct = len({run_key(s) for s in specs})
+        print(f"{distinct - len(todo)} of {distinct} distinct runs cached; measuring {len(todo)} with {jobs} process(es)", flush=True)
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             for spec, out in (f.result() for f in as_completed([pool.submit(_worker, s) for s in todo])):
