@@ -34,9 +34,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from scfm.demo import run_demo
 
     metrics = run_demo(args.out, max_steps=args.steps, eval_samples=args.eval_samples, seed=args.seed)
-    print(f"{'model':8} {'solver':8} {'steps':>5} {'nfe':>4} {'FD':>8} {'acc':>6}")
+    print(f"{'model':14} {'solver':8} {'steps':>5} {'nfe':>4} {'FD':>8} {'acc':>6} {'scale':>5}")
     for r in metrics["rows"]:
-        print(f"{r['model']:8} {r['solver']:8} {r['steps']:5d} {r['nfe']:4d} {r['fd']:8.3f} {r['class_acc']:6.3f}")
+        scale = f"{r['lora_scale']:5.2f}" if "lora_scale" in r else ""
+        print(f"{r['model']:14} {r['solver']:8} {r['steps']:5d} {r['nfe']:4d} {r['fd']:8.3f} {r['class_acc']:6.3f} {scale}")
     print(f"FD floor {metrics['fd_floor']:.3f}; training {metrics['train_seconds']:.0f} s; total {metrics['total_seconds']:.0f} s")
     failed = [c["check"] for c in metrics["checks"] if not c["pass"]]
     print("all quality checks pass" if not failed else "checks not met: " + "; ".join(failed))

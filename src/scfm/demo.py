@@ -3,6 +3,11 @@
 Writes into ``out``: ``metrics.json`` (rows per DESIGN.md), ``grid_steps{n}.png`` (teacher vs
 student samples per step count), ``fd_vs_steps.png``, ``lora/`` (the LoRA as safetensors),
 ``training.png`` (loss components and consistency residual) and ``report.md``.
+
+The student is sampled with plain Euler at a LoRA scale per step count (the spec's sampling
+knob), chosen after training by :func:`scfm.eval.calibrate.calibrate_lora_scales` on
+calibration noise (seed ``CALIBRATION_SEED``), never on the evaluation noise; the rows of the
+same LoRA at scale 1 are reported too (model ``student_scale1``).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 import torch
 
 from scfm.data.batches import digits_batches
+from scfm.eval.calibrate import ScaleCalibration, calibrate_lora_scales
 from scfm.eval.harness import DigitsEvalSet, sample_digits, score_rows
 from scfm.eval.metrics import DigitsEvaluator
 from scfm.eval.plots import plot_quality_vs_steps, save_comparison_grid
@@ -26,6 +32,8 @@ from scfm.weights.lora import lora_named_parameters
 
 STEP_COUNTS = (1, 2, 3, 4, 8)
 TEACHER_REFERENCE_STEPS = 32
+CALIBRATION_SEED = 4321
+"""Noise seed for choosing LoRA scales; the evaluation noise uses seed 1234."""
 
 
 def teacher_plan() -> list[tuple[str, int]]:
@@ -73,13 +81,33 @@ def acceptance_checks(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _write_report(out: Path, rows: list[dict], checks: list[dict], info: dict) -> None:
+def calibrate_demo_scales(result, evaluator: DigitsEvaluator, samples: int) -> ScaleCalibration:
+    """LoRA scale per step count minimising FD to the real training digits on calibration noise."""
+    calset = DigitsEvalSet.make(samples, seed=CALIBRATION_SEED)
+    return calibrate_lora_scales(
+        lambda n, scale: sample_digits(result, calset, n, lora_scale=scale),
+        lambda images: evaluator.evaluate(images).fd,
+        steps=STEP_COUNTS,
+    )
+
+
+def _scale_lines(calibration: ScaleCalibration) -> list[str]:
+    lines = ["LoRA scale per step count, chosen on calibration noise (seed "
+             f"{CALIBRATION_SEED}, not the evaluation noise) by FD to the training digits:", "",
+             "| steps | scale | FD at the scales tried |", "|---|---|---|"]
+    for n, tried in calibration.tried.items():
+        lines.append(f"| {n} | {calibration.scales[n]:g} | " + ", ".join(f"{s:g}: {d:.3f}" for s, d in tried.items()) + " |")
+    return lines + [""]
+
+
+def _write_report(out: Path, rows: list[dict], checks: list[dict], info: dict, calibration: ScaleCalibration) -> None:
     lines = ["# scfm demo report", "", f"Machine: {info['machine']}. Training {info['train_seconds']:.0f} s "
              f"({info['config']['max_steps']} steps, batch {info['config']['batch_size']}), total {info['total_seconds']:.0f} s.",
              f"FD floor (360 held-out real digits vs train): {info['fd_floor']:.3f}.", "",
              "| model | solver | steps | NFE | FD | class acc |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['solver']} | {r['steps']} | {r['nfe']} | {r['fd']:.3f} | {r['class_acc']:.3f} |" for r in rows]
-    lines += ["", "| check | value | bound | pass |", "|---|---|---|---|"]
+    lines += [""] + _scale_lines(calibration)
+    lines += ["| check | value | bound | pass |", "|---|---|---|---|"]
     lines += [f"| {c['check']} | {c['value']:.4g} | {c['bound']:.4g} | {'yes' if c['pass'] else 'NO'} |" for c in checks]
     lines += ["", "Files: `metrics.json`, `fd_vs_steps.png`, `grid_steps{n}.png`, `training.png`, `lora/`.", ""]
     atomic_write_text(out / "report.md", "\n".join(lines))
@@ -115,8 +143,12 @@ def run_demo(out: str | Path, max_steps: int | None = None, eval_samples: int = 
     result = distill(teacher, digits_batches(config.batch_size, torch.Generator().manual_seed(seed)), config, progress=progress)
     train_seconds = time.perf_counter() - t0
     teacher_view = _TeacherView(result.model)
+    calibration = calibrate_demo_scales(result, evaluator, eval_samples)
+    result.lora_scales = dict(calibration.scales)
     rows = score_rows(teacher_view, "teacher", teacher_plan(), evalset, evaluator)
-    rows += score_rows(result, "student", student_plan(), evalset, evaluator)
+    for n in STEP_COUNTS:  # sample() picks the calibrated scale for n
+        rows += [{**score_rows(result, "student", [("euler", n)], evalset, evaluator)[0], "lora_scale": result.lora_scales[n]}]
+    rows += [{**r, "lora_scale": 1.0} for r in score_rows(result, "student_scale1", student_plan(), evalset, evaluator, lora_scale=1.0)]
     result.save(out / "lora")
     for n in STEP_COUNTS:
         pick = slice(0, evalset.noise.shape[0], max(1, evalset.noise.shape[0] // 20))
@@ -131,7 +163,9 @@ def run_demo(out: str | Path, max_steps: int | None = None, eval_samples: int = 
             "config": config.to_dict(), "eval_samples": int(evalset.noise.shape[0])}
     metrics = {"rows": rows, "checks": checks, "fd_floor": round(floor, 4), "train_seconds": round(train_seconds, 1),
                "total_seconds": round(info["total_seconds"], 1), "eval_samples": info["eval_samples"], "machine": info["machine"],
-               "config": info["config"], "history": result.history}
+               "config": info["config"], "lora_scales": {str(n): v for n, v in calibration.scales.items()},
+               "calibration": {str(n): {f"{k:g}": round(v, 4) for k, v in tried.items()} for n, tried in calibration.tried.items()},
+               "history": result.history}
     atomic_write_json(out / "metrics.json", metrics)
-    _write_report(out, rows, checks, info)
+    _write_report(out, rows, checks, info, calibration)
     return metrics

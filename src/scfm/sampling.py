@@ -116,13 +116,16 @@ def sample(
     """Integrate ``noise`` [B, ...] from t = 1 to t = 0 in ``steps`` steps; returns x0 [B, ...].
 
     ``shift`` applies the fixed shift to the grid; ``lora_scale`` multiplies the LoRA delta of
-    a distilled model (fewer steps often like 1-1.75). ``generator`` feeds the re-noising of
+    a distilled model (fewer steps often like 1-1.75); left None, a ``DistilledModel`` uses
+    its calibrated scale for ``steps`` (``lora_scales``) if it has one, else 1. ``generator`` feeds the re-noising of
     the stochastic ``consistency`` solver (others ignore it). ``cond`` goes to every model call.
     A ``DistilledModel`` (from :func:`scfm.distill`) can be passed directly.
     """
     _check(solver, steps)
     distilled = getattr(model, "is_distilled_model", False)
     module = model.model if distilled else model
+    if lora_scale is None and distilled:
+        lora_scale = getattr(model, "lora_scales", {}).get(steps)
     scale_ctx = nullcontext()
     if lora_scale is not None:
         from scfm.weights.lora import has_lora, lora_scale as scaled

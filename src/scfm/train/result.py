@@ -28,7 +28,9 @@ class DistilledModel:
 
     Call it like the teacher, ``v = distilled(x, t, **cond)``, or pass it to :func:`scfm.sample`.
     ``weights`` holds the named LoRA copies ('student', 'fast_ema', 'slow_ema') when known;
-    ``history`` the logged training records.
+    ``history`` the logged training records. ``lora_scales`` maps a step count to the LoRA
+    scale :func:`scfm.sample` uses for it when none is given (set by calibration, see
+    :mod:`scfm.eval.calibrate`; empty: scale 1 everywhere).
     """
 
     model: nn.Module
@@ -36,6 +38,7 @@ class DistilledModel:
     is_distilled_model = True  # class attribute: lets scfm.sample unwrap ``model`` without importing this layer
     weights: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    lora_scales: dict[int, float] = field(default_factory=dict)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
         return self.model(x, t, **cond)
@@ -54,7 +57,8 @@ class DistilledModel:
         for which, name in (("student", STUDENT_FILE), ("fast_ema", EMA_FAST_FILE), ("slow_ema", EMA_SLOW_FILE)):
             if which in self.weights:
                 atomic_save_safetensors(self.weights[which], directory / name, metadata={"format": "scfm-lora"})
-        atomic_write_json(directory / CONFIG_FILE, {"config": self.config.to_dict()})
+        scales = {str(n): s for n, s in sorted(self.lora_scales.items())}
+        atomic_write_json(directory / CONFIG_FILE, {"config": self.config.to_dict(), "lora_scales": scales})
         return directory
 
     @classmethod
@@ -65,8 +69,10 @@ class DistilledModel:
         if not config_path.is_file():
             raise FileNotFoundError(f"{str(config_path)!r} is missing: {str(directory)!r} is not a directory written by DistilledModel.save")
         try:
-            config = DistillConfig.from_dict(json.loads(config_path.read_text())["config"])
-        except (json.JSONDecodeError, KeyError) as err:
+            saved = json.loads(config_path.read_text())
+            config = DistillConfig.from_dict(saved["config"])
+            scales = {int(n): float(s) for n, s in saved.get("lora_scales", {}).items()}
+        except (json.JSONDecodeError, KeyError, ValueError, TypeError, AttributeError) as err:
             raise ValueError(f"{str(config_path)!r} is corrupt ({err}); re-save the model") from err
         if has_lora(teacher):
             raise ValueError("teacher already has LoRA layers; pass a fresh base model to DistilledModel.load")
@@ -78,7 +84,7 @@ class DistilledModel:
                 weights[which] = load_safetensors(directory / name)
         device = next(teacher.parameters()).device
         teacher.to(device).eval()
-        return cls(model=teacher, config=config, weights=weights)
+        return cls(model=teacher, config=config, weights=weights, lora_scales=scales)
 
     def fuse(self, scale: float = 1.0) -> nn.Module:
         """Merge the LoRA into the base weights (plain module, no peft layers) and return it."""

@@ -1,0 +1,74 @@
+"""Choosing the LoRA scale per step count (the spec's sampling knob) by measurement."""
+
+import json
+
+import pytest
+import torch
+
+import scfm
+from scfm.demo import STEP_COUNTS, run_demo
+from scfm.eval.calibrate import ScaleSearch, calibrate_lora_scales, paired_mse
+from scfm.models.builtin import load_shipped_teacher
+from test_api import UserVelocity, batches, tiny_config
+
+
+def test_search_finds_the_minimum_of_a_unimodal_distance():
+    best = {1: 1.3, 2: 1.0, 4: 0.7}
+    calls = []
+
+    def sampler(n, scale):
+        calls.append((n, scale))
+        return torch.tensor([scale - best[n]])
+
+    cal = calibrate_lora_scales(sampler, lambda x: float(x.abs()), steps=(1, 2, 4))
+    assert cal.scales == pytest.approx(best)
+    assert all(cal.tried[n][cal.scales[n]] == min(cal.tried[n].values()) for n in best)
+    assert len(calls) <= 3 * 6  # a local walk, not a sweep of every scale
+
+
+def test_search_stays_inside_its_bounds():
+    cal = calibrate_lora_scales(lambda n, s: torch.tensor([s]), lambda x: float(x), steps=(2,), search=ScaleSearch(lo=0.8, hi=1.2))
+    assert cal.scales[2] == pytest.approx(0.8)
+    assert min(cal.tried[2]) >= 0.8 - 1e-9
+
+
+def test_bad_search_and_step_counts_are_rejected():
+    with pytest.raises(ValueError, match="lo=1.2"):
+        calibrate_lora_scales(lambda n, s: torch.zeros(1), lambda x: 0.0, search=ScaleSearch(lo=1.2))
+    with pytest.raises(ValueError, match="steps contains 0"):
+        calibrate_lora_scales(lambda n, s: torch.zeros(1), lambda x: 0.0, steps=(0,))
+
+
+def test_paired_mse_is_zero_on_the_reference_and_checks_shapes():
+    ref = torch.randn(5, 3)
+    assert paired_mse(ref)(ref.clone()) == 0.0
+    with pytest.raises(ValueError, match="reference.shape"):
+        paired_mse(ref)(torch.randn(5, 4))
+
+
+def test_calibrated_scales_drive_sample_and_survive_save_and_load(tmp_path):
+    torch.manual_seed(0)
+    result = scfm.distill(UserVelocity(), batches(), tiny_config(final_weights="student"), progress=False)
+    noise, style = torch.randn(6, 4), torch.randn(6, 3)
+    result.lora_scales = {2: 1.5}
+    assert torch.equal(scfm.sample(result, noise, steps=2, style=style), scfm.sample(result, noise, steps=2, lora_scale=1.5, style=style))
+    assert not torch.equal(scfm.sample(result, noise, steps=2, style=style), scfm.sample(result, noise, steps=2, lora_scale=1.0, style=style))
+    assert torch.equal(scfm.sample(result, noise, steps=3, style=style), scfm.sample(result, noise, steps=3, lora_scale=1.0, style=style))
+    result.save(tmp_path / "run")
+    assert scfm.load(tmp_path / "run", UserVelocity()).lora_scales == {2: 1.5}
+
+
+def test_demo_writes_its_contract_with_calibrated_and_unscaled_student_rows(tmp_path):
+    metrics = run_demo(tmp_path / "demo", max_steps=2, eval_samples=100, progress=False)
+    files = {p.name for p in (tmp_path / "demo").iterdir()}
+    assert {"metrics.json", "report.md", "fd_vs_steps.png", "training.png", "lora"} <= files
+    assert {f"grid_steps{n}.png" for n in STEP_COUNTS} <= files
+    rows = json.loads((tmp_path / "demo" / "metrics.json").read_text())["rows"]
+    assert rows == metrics["rows"]
+    for model in ("student", "student_scale1"):
+        mine = [r for r in rows if r["model"] == model]
+        assert [r["steps"] for r in mine] == list(STEP_COUNTS)
+        assert all({"solver", "nfe", "fd", "class_acc", "lora_scale"} <= set(r) for r in mine)
+    assert [r["lora_scale"] for r in rows if r["model"] == "student"] == [metrics["lora_scales"][str(n)] for n in STEP_COUNTS]
+    assert scfm.load(tmp_path / "demo" / "lora", load_shipped_teacher()).lora_scales == {
+        n: metrics["lora_scales"][str(n)] for n in STEP_COUNTS}
