@@ -74,10 +74,13 @@ def baselines(jobs: int) -> tuple[str, list[dict]]:
     scfm_runs = run_all(_seeded({}), jobs)
     lcm_runs = run_all(_seeded(LCM, solver="consistency"), jobs)
     rows = solver_rows + [
-        ("SCFM student, Euler", _fd(scfm_runs)),
+        ("SCFM student, Euler, LoRA scale 1", _fd(scfm_runs)),
+        ("SCFM student, Euler, calibrated LoRA scale", _fd(scfm_runs, "fd_calibrated")),
         ("LCM-LoRA baseline, its multistep sampler", _fd(lcm_runs)),
-        ("LCM-LoRA baseline, Euler", _fd(lcm_runs, "fd_euler")),
+        ("LCM-LoRA baseline, Euler, LoRA scale 1", _fd(lcm_runs, "fd_euler")),
+        ("LCM-LoRA baseline, Euler, calibrated LoRA scale", _fd(lcm_runs, "fd_calibrated")),
     ]
+    chosen = {name: [r["lora_scales"] for r in runs] for name, runs in (("SCFM", scfm_runs), ("LCM", lcm_runs))}
     seconds = [r["train_seconds"] for r in scfm_runs + lcm_runs]
     write_json("baselines", {"machine": machine(), "steps": STEPS, "teacher_euler_32": teacher32, "seeds": SEEDS,
                              "rows": [{"label": label, "fd_per_seed": values} for label, values in rows]})
@@ -87,7 +90,9 @@ def baselines(jobs: int) -> tuple[str, list[dict]]:
         f"teacher rows are deterministic. Equal training compute: both students train {scfm_runs[0]['spec']['overrides'] or 'the preset'} "
         "with the same steps, batch, LoRA and EMA; per row each spends one student forward+backward and two no-grad forwards "
         f"(SCFM: teacher/EMA sub-steps; LCM: teacher Euler step + target-network EMA). Training took {min(seconds):.0f}-{max(seconds):.0f} s per run "
-        "(one thread, two runs side by side).\n\n" + _table("sampler", rows, runs_per_row=1) + "\n\n![FD vs steps](bench/results/baselines.png)"
+        "(one thread, two runs side by side). Calibrated rows: Euler at the LoRA scale per step count chosen after training on "
+        "calibration noise (seed 4321) by FD to the training digits, as `scfm demo` does; scales chosen at 1 / 2 / 3 / 4 / 8 steps, "
+        "per seed: " + "; ".join(f"{k} {v}" for k, v in chosen.items()) + ".\n\n" + _table("sampler", rows, runs_per_row=1) + "\n\n![FD vs steps](bench/results/baselines.png)"
     )
     return text, scfm_runs + lcm_runs
 

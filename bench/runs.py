@@ -3,12 +3,14 @@
 Every run is the `scfm demo` preset (``scfm.presets.digits_config``) plus overrides, one
 training seed, scored by the shipped digits evaluator at 1 / 2 / 3 / 4 / 8 steps on a fixed
 eval noise seed (999, not the demo's 1234). Results are appended to
-``bench/results/runs.jsonl`` keyed by everything that defines the run, so rerunning a
-script skips runs already measured (delete the file to measure again).
+``bench/results/runs.jsonl`` keyed by everything that defines the run (including a hash of
+the preset itself, so a changed preset is measured anew), so rerunning a script skips runs
+already measured (delete the file to measure again).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -23,6 +25,14 @@ CACHE = RESULTS / "runs.jsonl"
 STEPS = (1, 2, 3, 4, 8)
 RUN_VERSION = 2
 """Bump when the training code changes in a way that invalidates cached runs."""
+
+
+def preset_tag(**changes: Any) -> str:
+    """Short hash of the digits preset (with ``changes``): cached runs count only for the preset they measured."""
+    from scfm.presets import digits_config
+
+    blob = json.dumps(digits_config(**changes).to_dict(), sort_keys=True, default=list)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def run_key(spec: dict[str, Any]) -> str:
@@ -63,12 +73,16 @@ def few_shot_source(batch_size: int, seed: int, shots: int, subset_seed: int):
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Train and score one run. ``spec``: overrides (dict of DistillConfig fields), seed,
     eval_seed, eval_samples, solver ('euler' or 'consistency'), shots / subset_seed (few-shot),
-    curve_every (0: no training curve; else FD at 2 and 4 steps every that many steps)."""
+    curve_every (0: no training curve; else FD at 2 and 4 steps every that many steps).
+    Besides FD at LoRA scale 1 (final weights and raw student), it reports ``fd_calibrated``:
+    Euler with the final weights at the LoRA scale per step count chosen on calibration noise
+    exactly as ``scfm demo`` does (``lora_scales``)."""
     import torch
 
     import scfm
     from scfm.data.batches import DigitsBatches
-    from scfm.eval.harness import DigitsEvalSet, score_rows
+    from scfm.demo import calibrate_demo_scales
+    from scfm.eval.harness import DigitsEvalSet, score_row, score_rows
     from scfm.eval.metrics import DigitsEvaluator
     from scfm.models.builtin import load_shipped_teacher
     from scfm.presets import digits_config
@@ -98,8 +112,12 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if solver != "euler":  # the same LoRA also sampled by plain Euler (SCFM's sampler)
         result.use_weights(config.final_weights)
         euler = [r["fd"] for r in score_rows(result, "euler", [("euler", n) for n in STEPS], evalset, evaluator)]
+    result.use_weights(config.final_weights)  # Euler at the LoRA scale per step count chosen on calibration noise (as scfm demo)
+    scales = calibrate_demo_scales(result, evaluator, spec.get("eval_samples", 1000)).scales
+    calibrated = [score_row(result, "calibrated", "euler", n, evalset, evaluator, lora_scale=scales[n])["fd"] for n in STEPS]
     history = [{k: r[k] for k in ("step", "loss", "loss_teacher", "loss_self", "consistency_residual")} for r in result.history]
     return {"fd": [r["fd"] for r in rows], "class_acc": [r["class_acc"] for r in rows], "fd_student": [r["fd"] for r in raw], "fd_euler": euler,
+            "fd_calibrated": calibrated, "lora_scales": [scales[n] for n in STEPS],
             "train_seconds": round(seconds, 1), "seconds": round(time.perf_counter() - start, 1),
             "curve": curve, "history": history if spec.get("curve_every") else []}
 
@@ -153,7 +171,7 @@ def spec(overrides: dict[str, Any] | None = None, seed: int = 0, **extra: Any) -
 
     preset = digits_config().to_dict()
     changed = {k: v for k, v in (overrides or {}).items() if _plain(preset.get(k)) != _plain(v)}
-    return {"overrides": changed, "seed": seed, "eval_seed": 999, "eval_samples": 1000, **extra}
+    return {"overrides": changed, "seed": seed, "eval_seed": 999, "eval_samples": 1000, "preset": preset_tag(), **extra}
 
 
 def _plain(value: Any) -> Any:

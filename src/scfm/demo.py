@@ -104,8 +104,8 @@ def _write_report(out: Path, rows: list[dict], checks: list[dict], info: dict, c
     lines = ["# scfm demo report", "", f"Machine: {info['machine']}. Training {info['train_seconds']:.0f} s "
              f"({info['config']['max_steps']} steps, batch {info['config']['batch_size']}), total {info['total_seconds']:.0f} s.",
              f"FD floor (360 held-out real digits vs train): {info['fd_floor']:.3f}.", "",
-             "| model | solver | steps | NFE | FD | class acc |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['solver']} | {r['steps']} | {r['nfe']} | {r['fd']:.3f} | {r['class_acc']:.3f} |" for r in rows]
+             "| model | solver | steps | NFE | FD | class acc | LoRA scale |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['solver']} | {r['steps']} | {r['nfe']} | {r['fd']:.3f} | {r['class_acc']:.3f} | {r.get('lora_scale', '')} |" for r in rows]
     lines += [""] + _scale_lines(calibration)
     lines += ["| check | value | bound | pass |", "|---|---|---|---|"]
     lines += [f"| {c['check']} | {c['value']:.4g} | {c['bound']:.4g} | {'yes' if c['pass'] else 'NO'} |" for c in checks]

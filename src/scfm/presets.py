@@ -13,11 +13,13 @@ from scfm.train.config import DistillConfig
 def digits_config(**overrides) -> DistillConfig:
     """The `scfm demo` preset for the shipped digits DiT (about 2 minutes of training on 2 CPU cores).
 
-    Measured choices (BENCHMARKS.md, eval noise seed 999, not the demo's): one EMA at 0.99
-    serves as both fast and slow EMA (fast 0.9 / slow 0.99 gave worse 4-8 step students);
-    teacher_ratio 0.2 and self grids (2, 2, 4, 4, 8) weight the self branch toward 1- and
-    2-step jumps (1-step FD 29 -> 17 at equal 2-4 step FD); a cosine learning-rate decay
-    over 300 steps (longer runs trade multi-step quality for 1-step quality: the one
+    Measured choices (BENCHMARKS.md, eval noise seed 999, not the demo's): LoRA rank 128
+    (full rank for the 128-wide DiT; the late 1-2 step jumps need the capacity: 2-step FD
+    2.53 -> 1.92 against rank 32); teacher_ratio 0.2 and self grids (2, 2, 4, 4, 4, 4, 8)
+    weight the self branch toward 1- and 2-step jumps, and a LoRA scale below 1 at sampling
+    recovers 4-8 steps (``scfm.eval.calibrate``); one EMA at 0.99 serves as both fast and
+    slow EMA (fast 0.9 / slow 0.99 gave worse 4-8 step students); a cosine learning-rate
+    decay over 300 steps (longer runs trade multi-step quality for 1-step quality: the one
     student field serves every jump size); bf16 target passes cut training time by about
     25% on CPUs with AMX at no measured FD cost.
     """
