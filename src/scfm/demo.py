@@ -146,8 +146,8 @@ def run_demo(out: str | Path, max_steps: int | None = None, eval_samples: int = 
     calibration = calibrate_demo_scales(result, evaluator, eval_samples)
     result.lora_scales = dict(calibration.scales)
     rows = score_rows(teacher_view, "teacher", teacher_plan(), evalset, evaluator)
-    for n in STEP_COUNTS:  # sample() picks the calibrated scale for n
-        rows += [{**score_rows(result, "student", [("euler", n)], evalset, evaluator)[0], "lora_scale": result.lora_scales[n]}]
+    rows += [{**r, "lora_scale": result.lora_scales[r["steps"]]}  # sample() uses the calibrated scale for each n
+             for r in score_rows(result, "student", student_plan(), evalset, evaluator)]
     rows += [{**r, "lora_scale": 1.0} for r in score_rows(result, "student_scale1", student_plan(), evalset, evaluator, lora_scale=1.0)]
     result.save(out / "lora")
     for n in STEP_COUNTS:

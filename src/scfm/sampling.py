@@ -117,8 +117,8 @@ def sample(
 
     ``shift`` applies the fixed shift to the grid; ``lora_scale`` multiplies the LoRA delta of
     a distilled model (fewer steps often like 1-1.75); left None, a ``DistilledModel`` uses
-    its calibrated scale for ``steps`` (``lora_scales``) if it has one, else 1. ``generator`` feeds the re-noising of
-    the stochastic ``consistency`` solver (others ignore it). ``cond`` goes to every model call.
+    its calibrated scale for ``steps`` (``lora_scales``) if it has one, else 1. ``generator``
+    feeds the re-noising of the stochastic ``consistency`` solver (others ignore it). ``cond`` goes to every model call.
     A ``DistilledModel`` (from :func:`scfm.distill`) can be passed directly.
     """
     _check(solver, steps)

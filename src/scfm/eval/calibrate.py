@@ -52,7 +52,7 @@ def _walk(score: Callable[[float], float], search: ScaleSearch) -> dict[float, f
     tried: dict[float, float] = {}
 
     def at(scale: float) -> float:
-        scale = round(min(max(scale, search.lo), search.hi), 6)
+        scale = round(scale, 6)  # 0.1-steps land on the same keys from either side
         if scale not in tried:
             tried[scale] = score(scale)
         return tried[scale]
@@ -60,9 +60,9 @@ def _walk(score: Callable[[float], float], search: ScaleSearch) -> dict[float, f
     at(search.start)
     for direction in (-1.0, 1.0):
         current = search.start
-        while search.lo - 1e-9 <= current + direction * search.step <= search.hi + 1e-9:
+        while True:
             nxt = current + direction * search.step
-            if at(nxt) >= at(current):
+            if not search.lo - 1e-9 <= nxt <= search.hi + 1e-9 or at(nxt) >= at(current):
                 break
             current = nxt
     return tried

@@ -72,7 +72,7 @@ class DistilledModel:
             saved = json.loads(config_path.read_text())
             config = DistillConfig.from_dict(saved["config"])
             scales = {int(n): float(s) for n, s in saved.get("lora_scales", {}).items()}
-        except (json.JSONDecodeError, KeyError, ValueError, TypeError, AttributeError) as err:
+        except (KeyError, ValueError, TypeError, AttributeError) as err:  # JSONDecodeError is a ValueError
             raise ValueError(f"{str(config_path)!r} is corrupt ({err}); re-save the model") from err
         if has_lora(teacher):
             raise ValueError("teacher already has LoRA layers; pass a fresh base model to DistilledModel.load")
