@@ -78,7 +78,11 @@ distill(teacher, data, config, progress=False)
 
 def run_child(name: str, **paths: str) -> dict[str, float]:
     """Run one variant in a fresh interpreter; returns its peak RSS and its RSS after the imports, in MiB."""
-    code = CHILD_PRELUDE.format(tests=str(ROOT / "tests")) + CHILDREN[name].format(**paths) + "\nprint(json.dumps({'peak_mb': status_mb('VmHWM'), 'base_mb': base_mb}))\n"
+    code = (
+        CHILD_PRELUDE.format(tests=str(ROOT / "tests"))
+        + CHILDREN[name].format(**paths)
+        + "\nprint(json.dumps({'peak_mb': status_mb('VmHWM'), 'base_mb': base_mb}))\n"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode:
@@ -88,32 +92,55 @@ def run_child(name: str, **paths: str) -> dict[str, float]:
 
 def component_sizes_mb(model: Path) -> dict[str, float]:
     """On-disk size of each pipeline component folder in MiB."""
-    return {p.name: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 2**20 for p in sorted(model.iterdir()) if p.is_dir()}
+    return {
+        p.name: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 2**20
+        for p in sorted(model.iterdir())
+        if p.is_dir()
+    }
 
 
 def measure(t5_width: int, t5_layers: int, steps: int, workdir: Path) -> dict:
     sys.path.insert(0, str(ROOT / "tests"))
-    from tiny_pipelines import build_tiny_flux_pipeline
-
     from scfm.models.flux import FLUX_LORA_TARGETS
+    from tiny_pipelines import build_tiny_flux_pipeline
 
     model = build_tiny_flux_pipeline(workdir, t5_width=t5_width, t5_layers=t5_layers)
     prompts, cache = workdir / "prompts.txt", workdir / "cache"
     prompts.write_text("a red cat\na blue dog\n")
     config = workdir / "distill.yaml"
-    values = {"teacher": f"diffusers:{model}", "data": f"cache:{cache}", "output_dir": str(workdir / "run"), "max_steps": steps,
-              "batch_size": 2, "lora_rank": 4, "lora_alpha": 4.0, "lora_targets": list(FLUX_LORA_TARGETS), "teacher_min": 4,
-              "teacher_max": 4, "logger": "jsonl", "local_files_only": True, "log_every": 1}
+    values = {
+        "teacher": f"diffusers:{model}",
+        "data": f"cache:{cache}",
+        "output_dir": str(workdir / "run"),
+        "max_steps": steps,
+        "batch_size": 2,
+        "lora_rank": 4,
+        "lora_alpha": 4.0,
+        "lora_targets": list(FLUX_LORA_TARGETS),
+        "teacher_min": 4,
+        "teacher_max": 4,
+        "logger": "jsonl",
+        "local_files_only": True,
+        "log_every": 1,
+    }
     config.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in values.items()))
     paths = {"model": str(model), "prompts": str(prompts), "cache": str(cache), "config": str(config)}
     rows = []
     for name in CHILDREN:  # in order: generate-data writes the cache the distills read
         got = run_child(name, **paths)
-        rows.append({"variant": name, "peak_rss_mb": round(got["peak_mb"], 1), "above_imports_mb": round(got["peak_mb"] - got["base_mb"], 1)})
+        rows.append(
+            {
+                "variant": name,
+                "peak_rss_mb": round(got["peak_mb"], 1),
+                "above_imports_mb": round(got["peak_mb"] - got["base_mb"], 1),
+            }
+        )
     sizes = component_sizes_mb(model)
     by_name = {r["variant"]: r["peak_rss_mb"] for r in rows}
     return {
-        "t5_width": t5_width, "t5_layers": t5_layers, "distill_steps": steps,
+        "t5_width": t5_width,
+        "t5_layers": t5_layers,
+        "distill_steps": steps,
         "component_mb": {k: round(v, 1) for k, v in sizes.items()},
         "rows": rows,
         "saved_mb": round(by_name["distill (full pipeline)"] - by_name["distill (cache)"], 1),
@@ -125,16 +152,22 @@ def print_table(result: dict) -> None:
     print(f"{'variant':26} {'peak RSS (MiB)':>15} {'above imports':>14}")
     for row in result["rows"]:
         print(f"{row['variant']:26} {row['peak_rss_mb']:15.1f} {row['above_imports_mb']:14.1f}")
-    print(f"distilling from the cache saves {result['saved_mb']:.1f} MiB of peak RSS "
-          f"(text encoders + VAE: {sum(v for k, v in result['component_mb'].items() if k.startswith(('text_encoder', 'vae'))):.1f} MiB on disk)")
+    print(
+        f"distilling from the cache saves {result['saved_mb']:.1f} MiB of peak RSS "
+        f"(text encoders + VAE: {sum(v for k, v in result['component_mb'].items() if k.startswith(('text_encoder', 'vae'))):.1f} MiB on disk)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--t5-width", type=int, default=1536, help="T5 d_model (default 1536: about 300 MB of T5 weights with 8 layers)")
+    parser.add_argument(
+        "--t5-width", type=int, default=1536, help="T5 d_model (default 1536: about 300 MB of T5 weights with 8 layers)"
+    )
     parser.add_argument("--t5-layers", type=int, default=8, help="T5 layers (default 8)")
     parser.add_argument("--steps", type=int, default=3, help="distillation steps per variant (default 3)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cache_memory.json", help="JSON output")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "results" / "cache_memory.json", help="JSON output"
+    )
     parser.add_argument("--json", action="store_true", help="print only the JSON")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="scfm-cache-memory-") as tmp:

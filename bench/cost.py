@@ -35,7 +35,9 @@ THEORETICAL = 5 / 3
 """t_skip = 2: two no-grad forwards on top of forward + backward (about 3 forward-equivalents)."""
 
 
-def digits_engine(scfm: bool, batch: int, device: torch.device, target_precision: str = "bf16") -> tuple[Distiller, DigitsBatches]:
+def digits_engine(
+    scfm: bool, batch: int, device: torch.device, target_precision: str = "bf16"
+) -> tuple[Distiller, DigitsBatches]:
     """The `scfm demo` preset; ``target_precision`` 'bf16' is the preset, 'no' all-fp32 targets."""
     cfg = digits_config(batch_size=batch, fm_ratio=0.0 if scfm else 1.0, target_precision=target_precision)
     model = load_shipped_teacher("digits", device=str(device))
@@ -43,11 +45,17 @@ def digits_engine(scfm: bool, batch: int, device: torch.device, target_precision
 
 
 def flux_engine(scfm: bool, batch: int, device: torch.device):
-    from bench.tiny_flux import tiny_flux_adapter, flux_batches
+    from bench.tiny_flux import flux_batches, tiny_flux_adapter
 
     adapter = tiny_flux_adapter(device)
-    cfg = digits_config(batch_size=batch, fm_ratio=0.0 if scfm else 1.0, lora_rank=16, lora_alpha=16,
-                        lora_targets=tuple(adapter.default_lora_targets), resolution_shift_prob=0.0)
+    cfg = digits_config(
+        batch_size=batch,
+        fm_ratio=0.0 if scfm else 1.0,
+        lora_rank=16,
+        lora_alpha=16,
+        lora_targets=tuple(adapter.default_lora_targets),
+        resolution_shift_prob=0.0,
+    )
     return Distiller(adapter, cfg.validate(), device), flux_batches(batch, device)
 
 
@@ -72,8 +80,12 @@ def interleaved_times(make, batch: int, steps: int, warmup: int, device: torch.d
             if i >= warmup:
                 times[name].append(time.perf_counter() - start)
     ratios = [a / b for a, b in zip(times["scfm"], times["fm"])]
-    return {"scfm_ms": 1e3 * statistics.median(times["scfm"]), "fm_ms": 1e3 * statistics.median(times["fm"]),
-            "ratio": statistics.median(ratios), "steps": steps}
+    return {
+        "scfm_ms": 1e3 * statistics.median(times["scfm"]),
+        "fm_ms": 1e3 * statistics.median(times["fm"]),
+        "ratio": statistics.median(ratios),
+        "steps": steps,
+    }
 
 
 def _peak_child(model: str, scfm: bool, batch: int, steps: int) -> dict:
@@ -95,12 +107,21 @@ def _peak_child(model: str, scfm: bool, batch: int, steps: int) -> dict:
         base = torch.cuda.memory_allocated()
         for _ in range(steps):
             engine.train_step([next(it)])
-        return {"peak": torch.cuda.max_memory_allocated(), "increase": torch.cuda.max_memory_allocated() - base, "unit": "bytes (cuda)"}
+        return {
+            "peak": torch.cuda.max_memory_allocated(),
+            "increase": torch.cuda.max_memory_allocated() - base,
+            "unit": "bytes (cuda)",
+        }
     Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak-RSS mark (VmHWM)
     base_rss = _proc_status("VmRSS")
     live = _live_tensor_peak(lambda: [engine.train_step([next(it)]) for _ in range(steps)])
     rss = _proc_status("VmHWM")
-    return {"peak": live, "unit": "bytes (peak live tensor memory during training steps)", "rss_peak": rss, "rss_increase": rss - base_rss}
+    return {
+        "peak": live,
+        "unit": "bytes (peak live tensor memory during training steps)",
+        "rss_peak": rss,
+        "rss_increase": rss - base_rss,
+    }
 
 
 def _live_tensor_peak(work) -> int:
@@ -127,7 +148,18 @@ def _proc_status(field: str) -> int:
 def peak_memory(model: str, batch: int, steps: int) -> dict:
     out = {}
     for name, scfm in (("scfm", True), ("fm", False)):
-        cmd = [sys.executable, __file__, "--child", model, "--child-scfm", str(int(scfm)), "--batch", str(batch), "--steps", str(steps)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            model,
+            "--child-scfm",
+            str(int(scfm)),
+            "--batch",
+            str(batch),
+            "--steps",
+            str(steps),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
     out["ratio"] = out["scfm"]["peak"] / out["fm"]["peak"]
@@ -163,8 +195,15 @@ def sampling_times(batch: int, steps_list: tuple[int, ...] = (1, 2, 4, 8), repea
                 if i:  # the first round warms up
                     times[name].append(time.perf_counter() - start)
         med = {k: 1e3 * statistics.median(v) / batch for k, v in times.items()}
-        rows.append({"steps": n, "unfused_ms_per_image": round(med["unfused"], 4), "fused_ms_per_image": round(med["fused"], 4),
-                     "unfused_over_fused": round(med["unfused"] / med["fused"], 3), "batch": batch})
+        rows.append(
+            {
+                "steps": n,
+                "unfused_ms_per_image": round(med["unfused"], 4),
+                "fused_ms_per_image": round(med["fused"], 4),
+                "unfused_over_fused": round(med["unfused"] / med["fused"], 3),
+                "batch": batch,
+            }
+        )
     return rows
 
 
@@ -184,16 +223,24 @@ def main() -> None:
         print(json.dumps(_peak_child(args.child, bool(args.child_scfm), args.batch, args.steps)))
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    result = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {device}",
-              "theoretical_ratio": round(THEORETICAL, 4)}
+    result = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {device}",
+        "theoretical_ratio": round(THEORETICAL, 4),
+    }
     digits = interleaved_times(digits_engine, args.batch, args.steps, args.warmup, device)
     fp32 = interleaved_times(lambda s, b, d: digits_engine(s, b, d, "no"), args.batch, args.steps, args.warmup, device)
     mem = peak_memory("digits", args.batch, max(3, args.steps // 4))
-    result.update({"scfm_over_fm_step_time": round(digits["ratio"], 4), "scfm_over_fm_peak_memory": round(mem["ratio"], 4),
-                   "scfm_over_fm_peak_rss": round(mem["rss_ratio"], 4) if "rss_ratio" in mem else None,
-                   "scfm_fp32_targets_over_fm_step_time": round(fp32["ratio"], 4),
-                   "digits": {**digits, "memory": mem, "batch": args.batch}, "digits_fp32_targets": {**fp32, "batch": args.batch},
-                   "digits_sampling": sampling_times(args.sampling_batch, repeats=args.sampling_repeats)})
+    result.update(
+        {
+            "scfm_over_fm_step_time": round(digits["ratio"], 4),
+            "scfm_over_fm_peak_memory": round(mem["ratio"], 4),
+            "scfm_over_fm_peak_rss": round(mem["rss_ratio"], 4) if "rss_ratio" in mem else None,
+            "scfm_fp32_targets_over_fm_step_time": round(fp32["ratio"], 4),
+            "digits": {**digits, "memory": mem, "batch": args.batch},
+            "digits_fp32_targets": {**fp32, "batch": args.batch},
+            "digits_sampling": sampling_times(args.sampling_batch, repeats=args.sampling_repeats),
+        }
+    )
     if args.flux:
         flux = interleaved_times(flux_engine, 2, args.steps, args.warmup, device)
         result["flux_tiny"] = {**flux, "memory": peak_memory("flux", 2, max(3, args.steps // 4)), "batch": 2}
@@ -201,15 +248,25 @@ def main() -> None:
         print(json.dumps(result))
         return
     print(f"machine: {result['machine']}")
-    print(f"{'model':20} {'scfm ms':>9} {'fm ms':>9} {'ratio':>7} {'theory':>7} {'peak mem ratio':>15} {'peak RSS ratio':>15}")
+    print(
+        f"{'model':20} {'scfm ms':>9} {'fm ms':>9} {'ratio':>7} {'theory':>7} {'peak mem ratio':>15} {'peak RSS ratio':>15}"
+    )
     for name in ("digits", "digits_fp32_targets", "flux_tiny"):
         if name in result:
             r = result[name]
-            mem = f"{r['memory']['ratio']:15.3f} {r['memory'].get('rss_ratio', float('nan')):15.3f}" if "memory" in r else f"{'':>15}"
+            mem = (
+                f"{r['memory']['ratio']:15.3f} {r['memory'].get('rss_ratio', float('nan')):15.3f}"
+                if "memory" in r
+                else f"{'':>15}"
+            )
             print(f"{name:20} {r['scfm_ms']:9.1f} {r['fm_ms']:9.1f} {r['ratio']:7.3f} {THEORETICAL:7.3f} {mem}")
-    print(f"\nsampling, digits, batch {args.sampling_batch}: {'steps':>5} {'unfused ms/img':>15} {'fused ms/img':>13} {'ratio':>6}")
+    print(
+        f"\nsampling, digits, batch {args.sampling_batch}: {'steps':>5} {'unfused ms/img':>15} {'fused ms/img':>13} {'ratio':>6}"
+    )
     for r in result["digits_sampling"]:
-        print(f"{'':28} {r['steps']:5d} {r['unfused_ms_per_image']:15.3f} {r['fused_ms_per_image']:13.3f} {r['unfused_over_fused']:6.2f}")
+        print(
+            f"{'':28} {r['steps']:5d} {r['unfused_ms_per_image']:15.3f} {r['fused_ms_per_image']:13.3f} {r['unfused_over_fused']:6.2f}"
+        )
 
 
 if __name__ == "__main__":

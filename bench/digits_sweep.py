@@ -24,10 +24,27 @@ def main() -> None:
     parser.add_argument("--eval-samples", type=int, default=1000)
     parser.add_argument("--solver", default="euler", help="euler, or consistency for the LCM baseline")
     args = parser.parse_args()
-    run = spec(json.loads(args.overrides), seed=args.seed, eval_seed=args.eval_seed, eval_samples=args.eval_samples, solver=args.solver)
+    run = spec(
+        json.loads(args.overrides),
+        seed=args.seed,
+        eval_seed=args.eval_seed,
+        eval_samples=args.eval_samples,
+        solver=args.solver,
+    )
     out = measure(run)
-    print(json.dumps({"overrides": run["overrides"], "seed": args.seed, "solver": args.solver, "steps": list(STEPS),
-                      "final": out["fd"], "student": out["fd_student"], "train_seconds": out["train_seconds"]}))
+    print(
+        json.dumps(
+            {
+                "overrides": run["overrides"],
+                "seed": args.seed,
+                "solver": args.solver,
+                "steps": list(STEPS),
+                "final": out["fd"],
+                "student": out["fd_student"],
+                "train_seconds": out["train_seconds"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

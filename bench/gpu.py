@@ -24,11 +24,28 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-FULL = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-            axes_dims_rope=(16, 56, 56))
-TINY = dict(FULL, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
-            joint_attention_dim=32, pooled_projection_dim=16, axes_dims_rope=(4, 6, 6))
+FULL = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+TINY = dict(
+    FULL,
+    num_layers=1,
+    num_single_layers=1,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=32,
+    pooled_projection_dim=16,
+    axes_dims_rope=(4, 6, 6),
+)
 FULL_SHAPES = dict(latent=64, text_len=512)
 TINY_SHAPES = dict(latent=8, text_len=8)
 
@@ -94,9 +111,17 @@ def step_costs(engine, make_batch, sizes, steps: int, warmup: int, device) -> li
                 if i >= warmup:
                     times[name].append(time.perf_counter() - start)
         ratios = [a / b for a, b in zip(times["scfm"], times["fm"])]
-        rows.append({"batch": size, "scfm_s": statistics.median(times["scfm"]), "fm_s": statistics.median(times["fm"]),
-                     "time_ratio": statistics.median(ratios), "scfm_peak_gib": peaks["scfm"], "fm_peak_gib": peaks["fm"],
-                     "memory_ratio": peaks["scfm"] / peaks["fm"] if device.type == "cuda" else float("nan")})
+        rows.append(
+            {
+                "batch": size,
+                "scfm_s": statistics.median(times["scfm"]),
+                "fm_s": statistics.median(times["fm"]),
+                "time_ratio": statistics.median(ratios),
+                "scfm_peak_gib": peaks["scfm"],
+                "fm_peak_gib": peaks["fm"],
+                "memory_ratio": peaks["scfm"] / peaks["fm"] if device.type == "cuda" else float("nan"),
+            }
+        )
     engine.step_fn.plan_cfg = scfm_plan
     return rows
 
@@ -125,18 +150,23 @@ def sampling_latency(model, make_batch, step_counts, repeats: int, device) -> li
 
 
 def run(tiny: bool, steps: int, warmup: int, repeats: int) -> dict:
+    from scfm.models.flux import FluxAdapter
     from scfm.train.config import DistillConfig
     from scfm.train.engine import Distiller
-    from scfm.models.flux import FluxAdapter
 
     device = torch.device("cuda" if torch.cuda.is_available() and not tiny else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     adapter = build(tiny, device, dtype)
     if device.type == "cuda" or tiny:
         adapter.transformer.enable_gradient_checkpointing()
-    cfg = DistillConfig(lora_rank=64 if not tiny else 4, lora_alpha=64 if not tiny else 4,
-                        lora_targets=FluxAdapter.default_lora_targets, mixed_precision="bf16" if device.type == "cuda" else "no",
-                        resolution_shift_prob=0.1, batch_size=1).validate()
+    cfg = DistillConfig(
+        lora_rank=64 if not tiny else 4,
+        lora_alpha=64 if not tiny else 4,
+        lora_targets=FluxAdapter.default_lora_targets,
+        mixed_precision="bf16" if device.type == "cuda" else "no",
+        resolution_shift_prob=0.1,
+        batch_size=1,
+    ).validate()
     engine = Distiller(adapter, cfg, device, seq_len_fn=adapter.seq_len)
     gen = torch.Generator().manual_seed(0)
     model_cfg = TINY if tiny else FULL
@@ -146,8 +176,16 @@ def run(tiny: bool, steps: int, warmup: int, repeats: int) -> dict:
     latency = sampling_latency(result, make_batch, (3, 8), repeats, device)
     params = sum(p.numel() for p in adapter.parameters())
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
-    return {"device": f"{device.type}: {name}", "torch": torch.__version__, "tiny": tiny, "parameters": params,
-            "dtype": str(dtype), "theoretical_ratio": 5 / 3, "steps": costs, "sampling": latency}
+    return {
+        "device": f"{device.type}: {name}",
+        "torch": torch.__version__,
+        "tiny": tiny,
+        "parameters": params,
+        "dtype": str(dtype),
+        "theoretical_ratio": 5 / 3,
+        "steps": costs,
+        "sampling": latency,
+    }
 
 
 def main() -> None:
@@ -169,7 +207,9 @@ def main() -> None:
     print(f"{result['device']}  params {result['parameters'] / 1e9:.2f} B  {result['dtype']}")
     print(f"{'batch':>5} {'scfm s':>8} {'fm s':>8} {'ratio':>6} {'scfm GiB':>9} {'fm GiB':>8} {'mem ratio':>9}")
     for r in result["steps"]:
-        print(f"{r['batch']:5d} {r['scfm_s']:8.3f} {r['fm_s']:8.3f} {r['time_ratio']:6.3f} {r['scfm_peak_gib']:9.2f} {r['fm_peak_gib']:8.2f} {r['memory_ratio']:9.3f}")
+        print(
+            f"{r['batch']:5d} {r['scfm_s']:8.3f} {r['fm_s']:8.3f} {r['time_ratio']:6.3f} {r['scfm_peak_gib']:9.2f} {r['fm_peak_gib']:8.2f} {r['memory_ratio']:9.3f}"
+        )
     for r in result["sampling"]:
         print(f"sampling {r['steps']} steps {'fused' if r['fused'] else 'lora '}: {r['seconds']:.3f} s/image")
 

@@ -21,10 +21,9 @@ import functools
 import time
 from collections.abc import Callable
 
+from report import machine, write_json, write_section
 from runs import RESULTS, STEPS, run_all, run_key, spec
 from stats import fmt_ci, mean_ci
-
-from report import machine, write_json, write_section
 
 SEEDS = (0, 1, 2)
 LCM = {"objective": "lcm", "teacher_min": 16, "teacher_max": 16}
@@ -67,7 +66,11 @@ def baselines(jobs: int) -> tuple[str, list[dict]]:
     evaluator, evalset = DigitsEvaluator(), DigitsEvalSet.make(1000, seed=999)
     teacher = load_shipped_teacher("digits")
     solver_rows = []
-    for solver, name in (("euler", "teacher Euler"), ("heun", "teacher Heun (NFE 2n-1)"), ("dpmpp2m", "teacher DPM-Solver++(2M)")):
+    for solver, name in (
+        ("euler", "teacher Euler"),
+        ("heun", "teacher Heun (NFE 2n-1)"),
+        ("dpmpp2m", "teacher DPM-Solver++(2M)"),
+    ):
         fds = [r["fd"] for r in score_rows(teacher, "teacher", [(solver, n) for n in STEPS], evalset, evaluator)]
         solver_rows.append((name, [fds]))
     teacher32 = score_rows(teacher, "teacher", [("euler", 32)], evalset, evaluator)[0]["fd"]
@@ -82,8 +85,16 @@ def baselines(jobs: int) -> tuple[str, list[dict]]:
     ]
     chosen = {name: [r["lora_scales"] for r in runs] for name, runs in (("SCFM", scfm_runs), ("LCM", lcm_runs))}
     seconds = [r["train_seconds"] for r in scfm_runs + lcm_runs]
-    write_json("baselines", {"machine": machine(), "steps": STEPS, "teacher_euler_32": teacher32, "seeds": SEEDS,
-                             "rows": [{"label": label, "fd_per_seed": values} for label, values in rows]})
+    write_json(
+        "baselines",
+        {
+            "machine": machine(),
+            "steps": STEPS,
+            "teacher_euler_32": teacher32,
+            "seeds": SEEDS,
+            "rows": [{"label": label, "fd_per_seed": values} for label, values in rows],
+        },
+    )
     _plot_baselines(rows, teacher32)
     text = (
         f"Teacher Euler at 32 steps: FD {teacher32:.2f}. Students: mean ± 95% t-interval over training seeds {list(SEEDS)}; "
@@ -92,7 +103,11 @@ def baselines(jobs: int) -> tuple[str, list[dict]]:
         f"(SCFM: teacher/EMA sub-steps; LCM: teacher Euler step + target-network EMA). Training took {min(seconds):.0f}-{max(seconds):.0f} s per run "
         "(one thread, two runs side by side). Calibrated rows: Euler at the LoRA scale per step count chosen after training on "
         "calibration noise (seed 4321) by FD to the training digits, as `scfm demo` does; scales chosen at 1 / 2 / 3 / 4 / 8 steps, "
-        "per seed: " + "; ".join(f"{k} {v}" for k, v in chosen.items()) + ".\n\n" + _table("sampler", rows, runs_per_row=1) + "\n\n![FD vs steps](bench/results/baselines.png)"
+        "per seed: "
+        + "; ".join(f"{k} {v}" for k, v in chosen.items())
+        + ".\n\n"
+        + _table("sampler", rows, runs_per_row=1)
+        + "\n\n![FD vs steps](bench/results/baselines.png)"
     )
     return text, scfm_runs + lcm_runs
 
@@ -123,13 +138,27 @@ def ablation_groups() -> list[tuple[str, list[tuple[str, dict]]]]:
     single = (f"single EMA {base.slow_decay} (fast = slow, the preset)", {})
 
     def fast_slow(fast: float) -> list[tuple[str, dict]]:
-        return [(f"fast {fast} / slow {slow}", {"fast_decay": fast, "slow_decay": slow}) for slow in (0.99, 0.999, 0.9999)]
+        return [
+            (f"fast {fast} / slow {slow}", {"fast_decay": fast, "slow_decay": slow}) for slow in (0.99, 0.999, 0.9999)
+        ]
 
     return [
-        ("teacher_ratio", [(f"teacher_ratio {r}" + (" (teacher only)" if r == 1.0 else ""), {"teacher_ratio": r}) for r in (0.2, 0.4, 0.6, 1.0)]),
+        (
+            "teacher_ratio",
+            [
+                (f"teacher_ratio {r}" + (" (teacher only)" if r == 1.0 else ""), {"teacher_ratio": r})
+                for r in (0.2, 0.4, 0.6, 1.0)
+            ],
+        ),
         ("EMA fast 0.9", [single] + fast_slow(0.9)),
         ("EMA fast 0.99", [single] + [row for row in fast_slow(0.99) if row[1]["slow_decay"] != base.slow_decay]),
-        ("t_skip", [("t_skip 2", {}), ("t_skip 4 (self grids doubled)", {"t_skip": 4, "self_grids": tuple(2 * n for n in base.self_grids)})]),
+        (
+            "t_skip",
+            [
+                ("t_skip 2", {}),
+                ("t_skip 4 (self grids doubled)", {"t_skip": 4, "self_grids": tuple(2 * n for n in base.self_grids)}),
+            ],
+        ),
         ("EMA restarts", [("no restarts", {}), ("restart every 100 steps", {"ema_restart_every": 100})]),
     ]
 
@@ -146,13 +175,27 @@ def ablation(group: str, jobs: int) -> tuple[str, list[dict]]:
     rows = dict(ablation_groups())[group]
     run_all(ablation_specs(group), jobs)
     measured = [(label, o, run_all(_seeded(o), jobs)) for label, o in rows]
-    table_rows = [(label, _fd(r)) for label, _, r in measured] + [(label + " (raw student)", _fd(r, "fd_student")) for label, _, r in measured]
-    write_json(f"ablation_{group.replace(' ', '_')}", {"machine": machine(), "steps": STEPS, "seeds": SEEDS, "rows": [
-        {"label": label, "overrides": o, "fd_per_seed": _fd(r), "fd_student_per_seed": _fd(r, "fd_student")} for label, o, r in measured]})
-    head = (f"**{group}**: the digits preset with one change, training seeds {list(SEEDS)}, mean ± 95% t-interval "
-            f"(n = 3, t = 4.30: the interval is wide). Preset: fast {base.fast_decay}, slow {base.slow_decay}, "
-            f"teacher_ratio {base.teacher_ratio}, t_skip {base.t_skip}, {base.max_steps} steps; final weights "
-            f"{base.final_weights}, the raw student below.\n\n")
+    table_rows = [(label, _fd(r)) for label, _, r in measured] + [
+        (label + " (raw student)", _fd(r, "fd_student")) for label, _, r in measured
+    ]
+    write_json(
+        f"ablation_{group.replace(' ', '_')}",
+        {
+            "machine": machine(),
+            "steps": STEPS,
+            "seeds": SEEDS,
+            "rows": [
+                {"label": label, "overrides": o, "fd_per_seed": _fd(r), "fd_student_per_seed": _fd(r, "fd_student")}
+                for label, o, r in measured
+            ],
+        },
+    )
+    head = (
+        f"**{group}**: the digits preset with one change, training seeds {list(SEEDS)}, mean ± 95% t-interval "
+        f"(n = 3, t = 4.30: the interval is wide). Preset: fast {base.fast_decay}, slow {base.slow_decay}, "
+        f"teacher_ratio {base.teacher_ratio}, t_skip {base.t_skip}, {base.max_steps} steps; final weights "
+        f"{base.final_weights}, the raw student below.\n\n"
+    )
     return head + _table(group, table_rows), [r for _, _, runs in measured for r in runs]
 
 
@@ -168,19 +211,37 @@ def curve_specs() -> list[dict]:
 def curves(jobs: int) -> tuple[str, list[dict]]:
     every = CURVE_EVERY
     by_key = {r["key"]: r for r in run_all(curve_specs(), jobs)}
-    results = [(label, by_key[run_key(s)]) for (label, _), s in zip(CURVE_VARIANTS, curve_specs()) if run_key(s) in by_key]
+    results = [
+        (label, by_key[run_key(s)]) for (label, _), s in zip(CURVE_VARIANTS, curve_specs()) if run_key(s) in by_key
+    ]
     _plot_curves(results)
-    write_json("curves", {"machine": machine(), "every": every, "runs": [{"label": label, "curve": r["curve"], "history": r["history"]} for label, r in results]})
-    lines = ["| run | step | FD 2 | FD 4 | self-branch loss | teacher-branch loss | consistency residual |", "|---|---|---|---|---|---|---|"]
+    write_json(
+        "curves",
+        {
+            "machine": machine(),
+            "every": every,
+            "runs": [{"label": label, "curve": r["curve"], "history": r["history"]} for label, r in results],
+        },
+    )
+    lines = [
+        "| run | step | FD 2 | FD 4 | self-branch loss | teacher-branch loss | consistency residual |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for label, r in results:
         hist = {h["step"]: h for h in r["history"]}
         for point in r["curve"]:
             if point["step"] % (4 * every) and point["step"] != r["curve"][-1]["step"]:
                 continue
             h = hist.get(point["step"], {})
-            lines.append(f"| {label} | {point['step']} | {point['fd2']:.2f} | {point['fd4']:.2f} | {h.get('loss_self', float('nan')):.4f} | "
-                         f"{h.get('loss_teacher', float('nan')):.4f} | {h.get('consistency_residual', float('nan')):.4f} |")
-    text = "Seed 0, FD of the final-weights copy every 25 steps (table: every 100).\n\n" + "\n".join(lines) + "\n\n![training curves](bench/results/curves.png)"
+            lines.append(
+                f"| {label} | {point['step']} | {point['fd2']:.2f} | {point['fd4']:.2f} | {h.get('loss_self', float('nan')):.4f} | "
+                f"{h.get('loss_teacher', float('nan')):.4f} | {h.get('consistency_residual', float('nan')):.4f} |"
+            )
+    text = (
+        "Seed 0, FD of the final-weights copy every 25 steps (table: every 100).\n\n"
+        + "\n".join(lines)
+        + "\n\n![training curves](bench/results/curves.png)"
+    )
     return text, [r for _, r in results]
 
 
@@ -220,9 +281,19 @@ def fewshot(jobs: int) -> tuple[str, list[dict]]:
     few = run_all(fewshot_specs()[: len(SUBSETS)], jobs)
     full = run_all(_seeded({}), jobs)
     rows = [("full data (1437 digits), seeds 0-2", _fd(full)), ("10 digits, 5 random subsets", _fd(few))]
-    write_json("fewshot", {"machine": machine(), "steps": STEPS, "subsets": subsets, "rows": [{"label": label, "fd_per_run": v} for label, v in rows]})
-    text = ("Distillation data = 10 training digits drawn at random (subset seeds 0-4, training seed 0), "
-            "everything else the preset; FD against the full training set.\n\n" + _table("data", rows, runs_per_row=1))
+    write_json(
+        "fewshot",
+        {
+            "machine": machine(),
+            "steps": STEPS,
+            "subsets": subsets,
+            "rows": [{"label": label, "fd_per_run": v} for label, v in rows],
+        },
+    )
+    text = (
+        "Distillation data = 10 training digits drawn at random (subset seeds 0-4, training seed 0), "
+        "everything else the preset; FD against the full training set.\n\n" + _table("data", rows, runs_per_row=1)
+    )
     return text, few + full
 
 
@@ -249,33 +320,59 @@ def toy2d(jobs: int) -> tuple[str, list[dict]]:
         return sliced_wasserstein(out, ref, generator=torch.Generator().manual_seed(0))
 
     teacher = load_shipped_teacher("toy2d:8gaussians")
-    rows = [(f"teacher {name}", [[swd(teacher, n, solver) for n in TOY_STEPS]])
-            for solver, name in (("euler", "Euler"), ("heun", "Heun (NFE 2n-1)"), ("dpmpp2m", "DPM-Solver++(2M)"))]
+    rows = [
+        (f"teacher {name}", [[swd(teacher, n, solver) for n in TOY_STEPS]])
+        for solver, name in (("euler", "Euler"), ("heun", "Heun (NFE 2n-1)"), ("dpmpp2m", "DPM-Solver++(2M)"))
+    ]
     rows.append(("teacher Euler, 32 steps", [[swd(teacher, 32)] * len(TOY_STEPS)]))
     seconds = []
-    for label, overrides, solver in (("SCFM student, Euler", {}, "euler"), ("LCM-LoRA baseline, its sampler", LCM, "consistency")):
+    for label, overrides, solver in (
+        ("SCFM student, Euler", {}, "euler"),
+        ("LCM-LoRA baseline, its sampler", LCM, "consistency"),
+    ):
         per_seed = []
         for seed in SEEDS:
             config = toy2d_config(seed=seed, **overrides)
             start = time.perf_counter()
-            student = scfm.distill(load_shipped_teacher("toy2d:8gaussians"), Toy2DBatches("8gaussians", config.batch_size, seed=seed), config, progress=False)
+            student = scfm.distill(
+                load_shipped_teacher("toy2d:8gaussians"),
+                Toy2DBatches("8gaussians", config.batch_size, seed=seed),
+                config,
+                progress=False,
+            )
             seconds.append(time.perf_counter() - start)
             per_seed.append([swd(student, n, solver) for n in TOY_STEPS])
         rows.append((label, per_seed))
-    write_json("toy2d", {"machine": machine(), "steps": TOY_STEPS, "seeds": SEEDS, "rows": [{"label": lab, "swd_per_seed": v} for lab, v in rows]})
+    write_json(
+        "toy2d",
+        {
+            "machine": machine(),
+            "steps": TOY_STEPS,
+            "seeds": SEEDS,
+            "rows": [{"label": lab, "swd_per_seed": v} for lab, v in rows],
+        },
+    )
     lines = ["| sampler | " + " | ".join(f"SWD {n}" for n in TOY_STEPS) + " |", "|---" * (len(TOY_STEPS) + 1) + "|"]
-    lines += [f"| {lab} | " + " | ".join(fmt_ci([v[i] for v in vals], 3) for i in range(len(TOY_STEPS))) + " |" for lab, vals in rows]
-    text = (f"Shipped 8-gaussians MLP teacher, `toy2d_config` preset ({toy2d_config().max_steps} steps); sliced Wasserstein "
-            f"distance of 4000 samples against 4000 fresh data points (teacher-32 row: the same value in every column; "
-            f"data against data is about 0.07). Students: mean ± 95% interval over seeds {list(SEEDS)}; "
-            f"{min(seconds):.0f}-{max(seconds):.0f} s of training each.\n\n" + "\n".join(lines))
+    lines += [
+        f"| {lab} | " + " | ".join(fmt_ci([v[i] for v in vals], 3) for i in range(len(TOY_STEPS))) + " |"
+        for lab, vals in rows
+    ]
+    text = (
+        f"Shipped 8-gaussians MLP teacher, `toy2d_config` preset ({toy2d_config().max_steps} steps); sliced Wasserstein "
+        f"distance of 4000 samples against 4000 fresh data points (teacher-32 row: the same value in every column; "
+        f"data against data is about 0.07). Students: mean ± 95% interval over seeds {list(SEEDS)}; "
+        f"{min(seconds):.0f}-{max(seconds):.0f} s of training each.\n\n" + "\n".join(lines)
+    )
     return text, [{"key": f"toy{i}", "seconds": sec} for i, sec in enumerate(seconds)]
 
 
 ABLATION_GROUPS = ("teacher_ratio", "EMA fast 0.9", "EMA fast 0.99", "t_skip", "EMA restarts")
 TABLES: dict[str, tuple[Callable[[int], tuple[str, list[dict]]], str]] = {
     "baselines": (baselines, "quality-baselines"),
-    **{f"ablation-{g.replace(' ', '-')}": (functools.partial(ablation, g), f"quality-ablation-{g.replace(' ', '-')}") for g in ABLATION_GROUPS},
+    **{
+        f"ablation-{g.replace(' ', '-')}": (functools.partial(ablation, g), f"quality-ablation-{g.replace(' ', '-')}")
+        for g in ABLATION_GROUPS
+    },
     "curves": (curves, "quality-curves"),
     "fewshot": (fewshot, "quality-fewshot"),
     "toy2d": (toy2d, "quality-toy2d"),
@@ -296,14 +393,18 @@ def main() -> None:
     args = parser.parse_args()
     if args.table == "all":  # one pool over every table's runs keeps all processes busy
         run_all(baseline_specs() + curve_specs() + fewshot_specs() + ablation_specs(), args.jobs)
-    names = {"all": list(TABLES), "ablations": [n for n in TABLES if n.startswith("ablation-")]}.get(args.table, [args.table])
+    names = {"all": list(TABLES), "ablations": [n for n in TABLES if n.startswith("ablation-")]}.get(
+        args.table, [args.table]
+    )
     for name in names:
         fn, section = TABLES[name]
         text, runs = fn(args.jobs)
         minutes = regenerate_minutes(runs, args.jobs)
         reuse = " (runs already in bench/results/runs.jsonl are reused)" if all("spec" in r for r in runs) else ""
-        text += (f"\n\nRegenerate: `python bench/quality.py {name} --jobs {args.jobs}`: {len({r['key'] for r in runs})} runs, "
-                 f"about {minutes:.0f} min from scratch on {machine()}{reuse}.")
+        text += (
+            f"\n\nRegenerate: `python bench/quality.py {name} --jobs {args.jobs}`: {len({r['key'] for r in runs})} runs, "
+            f"about {minutes:.0f} min from scratch on {machine()}{reuse}."
+        )
         print(text, flush=True)
         write_section(section, text)
 

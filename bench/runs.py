@@ -15,8 +15,8 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -112,14 +112,28 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if solver != "euler":  # the same LoRA also sampled by plain Euler (SCFM's sampler)
         result.use_weights(config.final_weights)
         euler = [r["fd"] for r in score_rows(result, "euler", [("euler", n) for n in STEPS], evalset, evaluator)]
-    result.use_weights(config.final_weights)  # Euler at the LoRA scale per step count chosen on calibration noise (as scfm demo)
+    result.use_weights(
+        config.final_weights
+    )  # Euler at the LoRA scale per step count chosen on calibration noise (as scfm demo)
     scales = calibrate_demo_scales(result, evaluator, spec.get("eval_samples", 1000)).scales
-    calibrated = [score_row(result, "calibrated", "euler", n, evalset, evaluator, lora_scale=scales[n])["fd"] for n in STEPS]
-    history = [{k: r[k] for k in ("step", "loss", "loss_teacher", "loss_self", "consistency_residual")} for r in result.history]
-    return {"fd": [r["fd"] for r in rows], "class_acc": [r["class_acc"] for r in rows], "fd_student": [r["fd"] for r in raw], "fd_euler": euler,
-            "fd_calibrated": calibrated, "lora_scales": [scales[n] for n in STEPS],
-            "train_seconds": round(seconds, 1), "seconds": round(time.perf_counter() - start, 1),
-            "curve": curve, "history": history if spec.get("curve_every") else []}
+    calibrated = [
+        score_row(result, "calibrated", "euler", n, evalset, evaluator, lora_scale=scales[n])["fd"] for n in STEPS
+    ]
+    history = [
+        {k: r[k] for k in ("step", "loss", "loss_teacher", "loss_self", "consistency_residual")} for r in result.history
+    ]
+    return {
+        "fd": [r["fd"] for r in rows],
+        "class_acc": [r["class_acc"] for r in rows],
+        "fd_student": [r["fd"] for r in raw],
+        "fd_euler": euler,
+        "fd_calibrated": calibrated,
+        "lora_scales": [scales[n] for n in STEPS],
+        "train_seconds": round(seconds, 1),
+        "seconds": round(time.perf_counter() - start, 1),
+        "curve": curve,
+        "history": history if spec.get("curve_every") else [],
+    }
 
 
 def _curve_probe(curve: list[dict], evalset, evaluator) -> Callable:
@@ -153,14 +167,20 @@ def run_all(specs: Iterable[dict[str, Any]], jobs: int = 2) -> list[dict]:
         return [cache[run_key(s)] for s in specs if run_key(s) in cache]
     if todo:
         distinct = len({run_key(s) for s in specs})
-        print(f"{distinct - len(todo)} of {distinct} distinct runs cached; measuring {len(todo)} with {jobs} process(es)", flush=True)
+        print(
+            f"{distinct - len(todo)} of {distinct} distinct runs cached; measuring {len(todo)} with {jobs} process(es)",
+            flush=True,
+        )
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             for spec, out in (f.result() for f in as_completed([pool.submit(_worker, s) for s in todo])):
                 row = {"key": run_key(spec), "spec": spec, **out}
                 _append(row)
                 cache[row["key"]] = row
-                print(f"  {json.dumps(spec['overrides'])} seed {spec['seed']}: FD {out['fd']} ({out['train_seconds']} s)", flush=True)
+                print(
+                    f"  {json.dumps(spec['overrides'])} seed {spec['seed']}: FD {out['fd']} ({out['train_seconds']} s)",
+                    flush=True,
+                )
     return [cache[run_key(s)] for s in specs]
 
 

@@ -15,8 +15,15 @@ def tiny_flux_adapter(device: torch.device, seed: int = 0) -> FluxAdapter:
 
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=2, num_single_layers=2, attention_head_dim=32,
-        num_attention_heads=4, joint_attention_dim=TEXT_DIM, pooled_projection_dim=POOLED_DIM, guidance_embeds=True,
+        patch_size=1,
+        in_channels=4 * LATENT_CHANNELS,
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=32,
+        num_attention_heads=4,
+        joint_attention_dim=TEXT_DIM,
+        pooled_projection_dim=POOLED_DIM,
+        guidance_embeds=True,
         axes_dims_rope=(8, 12, 12),
     )
     return FluxAdapter(transformer).to(device).eval()

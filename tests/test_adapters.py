@@ -24,8 +24,15 @@ C, H, W, L, D = 4, 8, 6, 5, 32  # latent channels, latent height/width, text tok
 def tiny_flux(seed=0, guidance_embeds=True):
     torch.manual_seed(seed)
     return FluxTransformer2DModel(
-        patch_size=1, in_channels=4 * C, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=D, pooled_projection_dim=16, guidance_embeds=guidance_embeds,
+        patch_size=1,
+        in_channels=4 * C,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=D,
+        pooled_projection_dim=16,
+        guidance_embeds=guidance_embeds,
         axes_dims_rope=(4, 6, 6),
     ).eval()
 
@@ -33,8 +40,17 @@ def tiny_flux(seed=0, guidance_embeds=True):
 def tiny_sd3(seed=0):
     torch.manual_seed(seed)
     return SD3Transformer2DModel(
-        sample_size=16, patch_size=2, in_channels=C, num_layers=1, attention_head_dim=8, num_attention_heads=4,
-        caption_projection_dim=32, joint_attention_dim=D, pooled_projection_dim=16, out_channels=C, pos_embed_max_size=16,
+        sample_size=16,
+        patch_size=2,
+        in_channels=C,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=D,
+        pooled_projection_dim=16,
+        out_channels=C,
+        pos_embed_max_size=16,
     ).eval()
 
 
@@ -112,9 +128,13 @@ def test_flux_packing_matches_diffusers_pipeline_helpers():
 
     x, _ = latents(2)
     assert torch.equal(pack_latents(x), FluxPipeline._pack_latents(x, 2, C, H, W))
-    assert torch.equal(latent_image_ids(H, W), FluxPipeline._prepare_latent_image_ids(2, H // 2, W // 2, "cpu", torch.float32))
+    assert torch.equal(
+        latent_image_ids(H, W), FluxPipeline._prepare_latent_image_ids(2, H // 2, W // 2, "cpu", torch.float32)
+    )
     tokens = pack_latents(x)
-    assert torch.equal(unpack_latents(tokens, H, W), FluxPipeline._unpack_latents(tokens, H * 8, W * 8, vae_scale_factor=8))
+    assert torch.equal(
+        unpack_latents(tokens, H, W), FluxPipeline._unpack_latents(tokens, H * 8, W * 8, vae_scale_factor=8)
+    )
 
 
 def test_guidance_is_drawn_per_sample_and_reproducible_from_a_generator():
@@ -155,13 +175,18 @@ def test_sd3_cfg_is_one_doubled_call_equal_to_two_separate_calls():
     x, t = latents(2)
     cond = sd3_cond(2)
     calls = []
-    adapter.transformer.register_forward_hook(lambda m, a, kw, out: calls.append(kw["hidden_states"].shape[0]), with_kwargs=True)
+    adapter.transformer.register_forward_hook(
+        lambda m, a, kw, out: calls.append(kw["hidden_states"].shape[0]), with_kwargs=True
+    )
     with torch.no_grad():
         guided = adapter(x, t, **cond)
         assert calls == [4]  # one call on the doubled batch
         with adapter.guided(False):
             v_c = adapter(x, t, **cond)
-        neg = {"prompt_embeds": cond["negative_prompt_embeds"].expand(2, -1, -1), "pooled_prompt_embeds": cond["negative_pooled_prompt_embeds"].expand(2, -1)}
+        neg = {
+            "prompt_embeds": cond["negative_prompt_embeds"].expand(2, -1, -1),
+            "pooled_prompt_embeds": cond["negative_pooled_prompt_embeds"].expand(2, -1),
+        }
         v_neg = SD3Adapter(adapter.transformer, cfg_mode="none")(x, t, **neg)
     torch.testing.assert_close(guided, v_c + 3.5 * (v_c - v_neg), rtol=1e-4, atol=1e-5)
 
@@ -185,7 +210,9 @@ def test_sd3_baked_mode_turns_cfg_off_only_for_the_student_pass():
 def test_sd3_passes_t_times_1000():
     adapter = SD3Adapter(tiny_sd3(), cfg_mode="none")
     seen = {}
-    adapter.transformer.forward = lambda hidden_states, timestep, **kw: (seen.setdefault("t", timestep), hidden_states)[1:]
+    adapter.transformer.forward = lambda hidden_states, timestep, **kw: (seen.setdefault("t", timestep), hidden_states)[
+        1:
+    ]
     x, t = latents(2)
     adapter(x, t, **{k: v for k, v in sd3_cond(2).items() if not k.startswith("negative")})
     torch.testing.assert_close(seen["t"], t * 1000)
@@ -194,7 +221,9 @@ def test_sd3_passes_t_times_1000():
 # ----------------------------------------------------------------------------- LoRA
 
 
-@pytest.mark.parametrize("make", [lambda: FluxAdapter(tiny_flux()), lambda: SD3Adapter(tiny_sd3())], ids=["flux", "sd3"])
+@pytest.mark.parametrize(
+    "make", [lambda: FluxAdapter(tiny_flux()), lambda: SD3Adapter(tiny_sd3())], ids=["flux", "sd3"]
+)
 def test_default_lora_targets_match_and_start_as_a_zero_delta(make):
     adapter = make()
     x, t = latents(2)
@@ -221,7 +250,9 @@ def test_from_pretrained_loads_a_saved_transformer_offline(tmp_path):
     cond = flux_cond(2)
     with torch.no_grad():
         assert torch.equal(adapter(x, t, **cond), FluxAdapter(transformer)(x, t, **cond))
-    sd3 = SD3Adapter.from_pretrained(_saved_sd3(tmp_path / "sd3"), local_files_only=True, adapter_kwargs={"guidance_scale": 2.0})
+    sd3 = SD3Adapter.from_pretrained(
+        _saved_sd3(tmp_path / "sd3"), local_files_only=True, adapter_kwargs={"guidance_scale": 2.0}
+    )
     assert isinstance(sd3.transformer, SD3Transformer2DModel) and sd3.guidance_scale == 2.0
 
 
@@ -256,10 +287,23 @@ def test_from_pretrained_refuses_a_non_flow_matching_scheduler(tmp_path):
 def test_three_step_distillation_of_tiny_flux_has_finite_loss():
     adapter = FluxAdapter(tiny_flux())
     gen = torch.Generator().manual_seed(3)
-    data = [{"x0": torch.randn(4, C, H, W, generator=gen), **{k: v for k, v in flux_cond(4, seed=i).items() if k != "guidance"}} for i in range(3)]
+    data = [
+        {
+            "x0": torch.randn(4, C, H, W, generator=gen),
+            **{k: v for k, v in flux_cond(4, seed=i).items() if k != "guidance"},
+        }
+        for i in range(3)
+    ]
     config = scfm.DistillConfig(
-        max_steps=3, lr=1e-3, lora_rank=2, lora_alpha=2, lora_targets=FluxAdapter.default_lora_targets,
-        teacher_min=4, teacher_max=4, resolution_shift_prob=0.1, log_every=1,
+        max_steps=3,
+        lr=1e-3,
+        lora_rank=2,
+        lora_alpha=2,
+        lora_targets=FluxAdapter.default_lora_targets,
+        teacher_min=4,
+        teacher_max=4,
+        resolution_shift_prob=0.1,
+        log_every=1,
     )
     result = scfm.distill(adapter, with_guidance(data, torch.Generator().manual_seed(4)), config, progress=False)
     assert len(result.history) == 3
@@ -273,12 +317,22 @@ def test_two_step_distillation_of_tiny_sd3_with_runtime_cfg_has_finite_loss():
     gen = torch.Generator().manual_seed(5)
     neg = sd3_cond(1)
     data = [
-        {"x0": torch.randn(2, C, H, W, generator=gen), **{k: v.expand(2, *v.shape[1:]) if k.startswith("negative") else v for k, v in sd3_cond(2, seed=i).items()}}
+        {
+            "x0": torch.randn(2, C, H, W, generator=gen),
+            **{k: v.expand(2, *v.shape[1:]) if k.startswith("negative") else v for k, v in sd3_cond(2, seed=i).items()},
+        }
         for i in range(2)
     ]
     config = scfm.DistillConfig(
-        max_steps=2, lr=1e-3, lora_rank=2, lora_alpha=2, lora_targets=SD3Adapter.default_lora_targets,
-        teacher_min=4, teacher_max=4, grad_clip=2.0, log_every=1,
+        max_steps=2,
+        lr=1e-3,
+        lora_rank=2,
+        lora_alpha=2,
+        lora_targets=SD3Adapter.default_lora_targets,
+        teacher_min=4,
+        teacher_max=4,
+        grad_clip=2.0,
+        log_every=1,
     )
     result = scfm.distill(adapter, data, config, progress=False)
     assert [math.isfinite(r["loss"]) for r in result.history] == [True, True]

@@ -41,10 +41,18 @@ def test_distill_sample_save_and_load_round_trip(tmp_path):
     noise, style = torch.randn(5, 4), torch.randn(5, 3)
     before = scfm.sample(result, noise, steps=2, style=style)
     result.save(tmp_path / "run")
-    assert sorted(os.listdir(tmp_path / "run")) == ["ema_fast.safetensors", "ema_slow.safetensors", "lora.safetensors", "scfm_config.json", "student.safetensors"]
+    assert sorted(os.listdir(tmp_path / "run")) == [
+        "ema_fast.safetensors",
+        "ema_slow.safetensors",
+        "lora.safetensors",
+        "scfm_config.json",
+        "student.safetensors",
+    ]
     loaded = scfm.load(tmp_path / "run", pristine)
     assert torch.equal(scfm.sample(loaded, noise, steps=2, style=style), before)
-    assert len(result.history) >= 1 and all(k in result.history[-1] for k in ("loss_teacher", "loss_self", "consistency_residual"))
+    assert len(result.history) >= 1 and all(
+        k in result.history[-1] for k in ("loss_teacher", "loss_self", "consistency_residual")
+    )
 
 
 def test_fused_student_matches_lora_student():

@@ -27,7 +27,9 @@ def test_search_finds_the_minimum_of_a_unimodal_distance():
 
 
 def test_search_stays_inside_its_bounds():
-    cal = calibrate_lora_scales(lambda n, s: torch.tensor([s]), lambda x: float(x), steps=(2,), search=ScaleSearch(lo=0.8, hi=1.2))
+    cal = calibrate_lora_scales(
+        lambda n, s: torch.tensor([s]), lambda x: float(x), steps=(2,), search=ScaleSearch(lo=0.8, hi=1.2)
+    )
     assert cal.scales[2] == pytest.approx(0.8)
     assert min(cal.tried[2]) >= 0.8 - 1e-9
 
@@ -51,9 +53,18 @@ def test_calibrated_scales_drive_sample_and_survive_save_and_load(tmp_path):
     result = scfm.distill(UserVelocity(), batches(), tiny_config(final_weights="student"), progress=False)
     noise, style = torch.randn(6, 4), torch.randn(6, 3)
     result.lora_scales = {2: 1.5}
-    assert torch.equal(scfm.sample(result, noise, steps=2, style=style), scfm.sample(result, noise, steps=2, lora_scale=1.5, style=style))
-    assert not torch.equal(scfm.sample(result, noise, steps=2, style=style), scfm.sample(result, noise, steps=2, lora_scale=1.0, style=style))
-    assert torch.equal(scfm.sample(result, noise, steps=3, style=style), scfm.sample(result, noise, steps=3, lora_scale=1.0, style=style))
+    assert torch.equal(
+        scfm.sample(result, noise, steps=2, style=style),
+        scfm.sample(result, noise, steps=2, lora_scale=1.5, style=style),
+    )
+    assert not torch.equal(
+        scfm.sample(result, noise, steps=2, style=style),
+        scfm.sample(result, noise, steps=2, lora_scale=1.0, style=style),
+    )
+    assert torch.equal(
+        scfm.sample(result, noise, steps=3, style=style),
+        scfm.sample(result, noise, steps=3, lora_scale=1.0, style=style),
+    )
     result.save(tmp_path / "run")
     assert scfm.load(tmp_path / "run", UserVelocity()).lora_scales == {2: 1.5}
 
@@ -69,6 +80,9 @@ def test_demo_writes_its_contract_with_calibrated_and_unscaled_student_rows(tmp_
         mine = [r for r in rows if r["model"] == model]
         assert [r["steps"] for r in mine] == list(STEP_COUNTS)
         assert all({"solver", "nfe", "fd", "class_acc", "lora_scale"} <= set(r) for r in mine)
-    assert [r["lora_scale"] for r in rows if r["model"] == "student"] == [metrics["lora_scales"][str(n)] for n in STEP_COUNTS]
+    assert [r["lora_scale"] for r in rows if r["model"] == "student"] == [
+        metrics["lora_scales"][str(n)] for n in STEP_COUNTS
+    ]
     assert scfm.load(tmp_path / "demo" / "lora", load_shipped_teacher()).lora_scales == {
-        n: metrics["lora_scales"][str(n)] for n in STEP_COUNTS}
+        n: metrics["lora_scales"][str(n)] for n in STEP_COUNTS
+    }

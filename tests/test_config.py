@@ -14,7 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_overrides_are_parsed_as_yaml_values():
     assert parse_overrides(["max_steps=30", "lora_targets=[qkv, proj]", "self_grids=null", "compile=true"]) == {
-        "max_steps": 30, "lora_targets": ["qkv", "proj"], "self_grids": None, "compile": True}
+        "max_steps": 30,
+        "lora_targets": ["qkv", "proj"],
+        "self_grids": None,
+        "compile": True,
+    }
 
 
 def test_float_fields_accept_yaml_1_1_exponents():
@@ -23,7 +27,9 @@ def test_float_fields_accept_yaml_1_1_exponents():
 
 @pytest.mark.parametrize("preset", ["digits", "toy2d"])
 def test_presets_load_and_hold_the_run_fields(preset):
-    cfg = load_config(ROOT / "configs" / f"{preset}.yaml", ["max_steps=300", "checkpoint_every=100", "output_dir=runs/a"])
+    cfg = load_config(
+        ROOT / "configs" / f"{preset}.yaml", ["max_steps=300", "checkpoint_every=100", "output_dir=runs/a"]
+    )
     assert (cfg.max_steps, cfg.checkpoint_every, cfg.output_dir, cfg.seed) == (300, 100, "runs/a", 0)
 
 
@@ -55,8 +61,23 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
 
 def test_the_documented_digits_command_runs(tmp_path):
     out = tmp_path / "a"
-    cmd = [sys.executable, "-m", "scfm", "distill", str(ROOT / "configs/digits.yaml"), "--set", f"output_dir={out}",
-           "--set", "max_steps=4", "--set", "checkpoint_every=2", "--set", "batch_size=8", "--set", "validate_every=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "scfm",
+        "distill",
+        str(ROOT / "configs/digits.yaml"),
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        "max_steps=4",
+        "--set",
+        "checkpoint_every=2",
+        "--set",
+        "batch_size=8",
+        "--set",
+        "validate_every=2",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     for name in ("lora.safetensors", "ema_fast.safetensors", "ema_slow.safetensors", "config.yaml", "metrics.jsonl"):
         assert (out / name).is_file(), name

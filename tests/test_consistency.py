@@ -5,7 +5,6 @@ import math
 import torch
 
 import scfm
-
 from scfm.objective.consistency import ConsistencyPlan, consistency_target, draw_consistency_plan, implied_x0
 from scfm.sampling import sample
 
@@ -19,7 +18,9 @@ def constant_field(c):
 def test_adjacent_times_lie_one_grid_step_apart():
     plan = draw_consistency_plan(4096, 8, torch.Generator().manual_seed(0), dtype=D)
     assert torch.all(plan.s >= 0) and torch.all(plan.t <= 1)
-    torch.testing.assert_close(plan.t - plan.s, torch.full_like(plan.t, 1 / 8), atol=1e-5, rtol=0)  # first point clamped by 1e-5
+    torch.testing.assert_close(
+        plan.t - plan.s, torch.full_like(plan.t, 1 / 8), atol=1e-5, rtol=0
+    )  # first point clamped by 1e-5
     assert set(torch.round(plan.s * 8).long().tolist()) == set(range(8))
 
 
@@ -52,7 +53,10 @@ def test_consistency_sampler_is_euler_for_one_step_and_reproducible_from_its_gen
     model = lambda x, t: torch.sin(3 * x) + t[:, None]  # noqa: E731
     noise = torch.randn(5, 2, dtype=D, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(sample(model, noise, steps=1, solver="consistency"), sample(model, noise, steps=1))
-    runs = [sample(model, noise, steps=3, solver="consistency", generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    runs = [
+        sample(model, noise, steps=3, solver="consistency", generator=torch.Generator().manual_seed(7))
+        for _ in range(2)
+    ]
     torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
 
 
@@ -60,7 +64,9 @@ def test_lcm_objective_trains_in_the_same_engine_and_logs_only_its_part():
     from test_api import UserVelocity, batches, tiny_config
 
     torch.manual_seed(0)
-    result = scfm.distill(UserVelocity(), batches(), tiny_config(objective="lcm", teacher_min=8, teacher_max=8), progress=False)
+    result = scfm.distill(
+        UserVelocity(), batches(), tiny_config(objective="lcm", teacher_min=8, teacher_max=8), progress=False
+    )
     last = result.history[-1]
     assert math.isfinite(last["loss"]) and last["loss"] == last["loss_teacher"]
     assert math.isnan(last["loss_self"]) and math.isnan(last["consistency_residual"])

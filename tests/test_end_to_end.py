@@ -19,14 +19,19 @@ def test_two_step_student_halves_the_teachers_sliced_wasserstein():
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     teacher = pretrain_flow_matching(
-        VelocityMLP2D(MLP2DConfig(hidden=128, depth=3)), toy2d_batches("8gaussians", 512, gen),
-        PretrainConfig(steps=800, lr=2e-3, warmup=50, ema_decay=0.99), gen, progress=False,
+        VelocityMLP2D(MLP2DConfig(hidden=128, depth=3)),
+        toy2d_batches("8gaussians", 512, gen),
+        PretrainConfig(steps=800, lr=2e-3, warmup=50, ema_decay=0.99),
+        gen,
+        progress=False,
     )
     ref = sample_toy2d("8gaussians", 4000, torch.Generator().manual_seed(123))
     noise = torch.randn(4000, 2, generator=torch.Generator().manual_seed(5))
 
     def swd(model, steps):
-        return sliced_wasserstein(scfm.sample(model, noise, steps=steps), ref, generator=torch.Generator().manual_seed(0))
+        return sliced_wasserstein(
+            scfm.sample(model, noise, steps=steps), ref, generator=torch.Generator().manual_seed(0)
+        )
 
     teacher_copy = copy.deepcopy(teacher)
     teacher_2 = swd(teacher, 2)

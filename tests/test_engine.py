@@ -22,9 +22,26 @@ RUN_FILES = ("lora.safetensors", "ema_fast.safetensors", "ema_slow.safetensors")
 
 
 def cli(out, *extra):
-    return [sys.executable, "-m", "scfm", "distill", str(ROOT / "configs/toy2d.yaml"), "--set", f"output_dir={out}",
-            "--set", "max_steps=600", "--set", "batch_size=64", "--set", "checkpoint_every=40",
-            "--set", "logger=jsonl", "--set", "validate_every=0", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "scfm",
+        "distill",
+        str(ROOT / "configs/toy2d.yaml"),
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        "max_steps=600",
+        "--set",
+        "batch_size=64",
+        "--set",
+        "checkpoint_every=40",
+        "--set",
+        "logger=jsonl",
+        "--set",
+        "validate_every=0",
+        *extra,
+    ]
 
 
 def assert_same_run_files(a, b):
@@ -68,8 +85,16 @@ def data_with_nan_at(bad_batches):
 
 
 def config(out, **kw):
-    values = dict(max_steps=40, lr=1e-3, lora_rank=2, lora_alpha=2, lora_targets=("fc1", "fc2"), output_dir=str(out),
-                  checkpoint_every=10, logger="jsonl")
+    values = dict(
+        max_steps=40,
+        lr=1e-3,
+        lora_rank=2,
+        lora_alpha=2,
+        lora_targets=("fc1", "fc2"),
+        output_dir=str(out),
+        checkpoint_every=10,
+        logger="jsonl",
+    )
     return scfm.DistillConfig(**{**values, **kw})
 
 
@@ -131,7 +156,9 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_continues(tmp_path):
         scfm.distill(Field(), data_with_nan_at(set()), config(tmp_path, log_every=5), progress=False, on_log=interrupt)
     assert list_checkpoints(tmp_path)[-1].name == "step_00000015"
     torch.manual_seed(0)
-    result = scfm.distill(Field(), data_with_nan_at(set()), config(tmp_path, log_every=5), progress=False, resume="latest")
+    result = scfm.distill(
+        Field(), data_with_nan_at(set()), config(tmp_path, log_every=5), progress=False, resume="latest"
+    )
     assert result.history[-1]["step"] == 40
 
 
@@ -144,6 +171,8 @@ def test_lr_factor_warms_up_then_decays_to_the_final_ratio():
     from scfm.train.engine import lr_factor
 
     assert [lr_factor(s, 4, 20, "constant", 0.0) for s in (0, 3, 4, 19)] == [0.25, 1.0, 1.0, 1.0]
-    assert lr_factor(19, 4, 20, "cosine", 0.1) == pytest.approx(0.1) and lr_factor(19, 4, 20, "linear", 0.0) == pytest.approx(0.0)
+    assert lr_factor(19, 4, 20, "cosine", 0.1) == pytest.approx(0.1) and lr_factor(
+        19, 4, 20, "linear", 0.0
+    ) == pytest.approx(0.0)
     mid = lr_factor(11, 4, 20, "cosine", 0.0)  # half way through the decay
     assert mid == pytest.approx(0.5) and lr_factor(11, 4, 20, "linear", 0.0) == pytest.approx(0.5)

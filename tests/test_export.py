@@ -47,8 +47,14 @@ def distilled(flux):
     g = torch.Generator().manual_seed(3)
     data = [{"x0": torch.randn(2, C, H, W, generator=g), **cond(2, i, flux)} for i in range(2)]
     config = scfm.DistillConfig(
-        max_steps=2, lr=1e-3, lora_rank=RANK, lora_alpha=ALPHA, lora_targets=type(adapter).default_lora_targets,
-        teacher_min=4, teacher_max=4, log_every=1,
+        max_steps=2,
+        lr=1e-3,
+        lora_rank=RANK,
+        lora_alpha=ALPHA,
+        lora_targets=type(adapter).default_lora_targets,
+        teacher_min=4,
+        teacher_max=4,
+        log_every=1,
     )
     result = scfm.distill(adapter, data, config, progress=False)
     with torch.no_grad():  # two steps barely move B: make the delta large enough to see
@@ -81,7 +87,9 @@ def test_diffusers_export_loads_into_a_fresh_transformer_with_the_same_output(fl
     path = export_diffusers_lora(result, tmp_path / "lora.safetensors")
     sd = load_file(path)
     factors = lora_factors(result)
-    assert len(sd) == 2 * len(factors) and all(k.startswith("transformer.") and k.endswith((".lora_A.weight", ".lora_B.weight")) for k in sd)
+    assert len(sd) == 2 * len(factors) and all(
+        k.startswith("transformer.") and k.endswith((".lora_A.weight", ".lora_B.weight")) for k in sd
+    )
     assert all(scale == ALPHA / RANK for _, _, scale in factors.values())
 
     fresh = base(flux)
@@ -92,9 +100,15 @@ def test_diffusers_export_loads_into_a_fresh_transformer_with_the_same_output(fl
         fresh.load_lora_adapter(str(path), prefix="transformer")
     finally:
         logger.removeHandler(handler)
-    assert not [m for m in handler.messages if "unexpected" in m.lower() or "missing" in m.lower() or "incompatible" in m.lower()], handler.messages
+    assert not [
+        m
+        for m in handler.messages
+        if "unexpected" in m.lower() or "missing" in m.lower() or "incompatible" in m.lower()
+    ], handler.messages
 
-    loaded = {n.replace(".default_0", "").replace(".default", ""): p for n, p in fresh.named_parameters() if "lora_" in n}
+    loaded = {
+        n.replace(".default_0", "").replace(".default", ""): p for n, p in fresh.named_parameters() if "lora_" in n
+    }
     assert sorted(loaded) == sorted(k.removeprefix("transformer.") for k in sd)
     ref, got = velocity(result.model, flux), velocity(adapter_for(fresh, flux), flux)
     plain = velocity(adapter_for(base(flux), flux), flux)

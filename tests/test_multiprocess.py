@@ -30,7 +30,9 @@ def _free_port() -> int:
 def _run(out: Path, rank: int = 0) -> None:
     torch.set_num_threads(1)
     config = toy2d_config(max_steps=30, batch_size=64, fast_decay=0.5, slow_decay=0.9)
-    result = scfm.distill(load_shipped_teacher("toy2d:8gaussians"), Toy2DBatches("8gaussians", 64, seed=0), config, progress=False)
+    result = scfm.distill(
+        load_shipped_teacher("toy2d:8gaussians"), Toy2DBatches("8gaussians", 64, seed=0), config, progress=False
+    )
     tensors = {f"{w}.{k}": v for w, group in result.weights.items() for k, v in group.items()}
     atomic_save_safetensors(tensors, out / f"rank{rank}.safetensors")
 
@@ -57,9 +59,30 @@ def test_two_gloo_processes_stay_identical_and_match_one_process(tmp_path):
 
 def test_torchrun_launches_the_cli_on_two_processes(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
-           "-m", "scfm", "distill", str(ROOT / "configs/toy2d.yaml"), "--set", f"output_dir={out}", "--set", "max_steps=20",
-           "--set", "batch_size=64", "--set", "logger=jsonl", "--set", "validate_every=0", "--set", "checkpoint_every=10"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "scfm",
+        "distill",
+        str(ROOT / "configs/toy2d.yaml"),
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        "max_steps=20",
+        "--set",
+        "batch_size=64",
+        "--set",
+        "logger=jsonl",
+        "--set",
+        "validate_every=0",
+        "--set",
+        "checkpoint_every=10",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

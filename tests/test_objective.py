@@ -23,8 +23,14 @@ def make_plan(dt, is_teacher, is_fm=None, t=None):
     is_fm = torch.zeros(b, dtype=torch.bool) if is_fm is None else torch.tensor(is_fm)
     t = torch.full((b,), 0.8, dtype=D) if t is None else torch.tensor(t, dtype=D)
     return ShortcutPlan(
-        is_fm=is_fm, is_teacher=torch.tensor(is_teacher), n=torch.full((b,), 4), shift=torch.ones(b, dtype=D),
-        start=torch.zeros(b, dtype=torch.long), t=t, dt=torch.where(is_fm[:, None], 0.0, dt), t_skip=dt.shape[1],
+        is_fm=is_fm,
+        is_teacher=torch.tensor(is_teacher),
+        n=torch.full((b,), 4),
+        shift=torch.ones(b, dtype=D),
+        start=torch.zeros(b, dtype=torch.long),
+        t=t,
+        dt=torch.where(is_fm[:, None], 0.0, dt),
+        t_skip=dt.shape[1],
     )
 
 
@@ -67,7 +73,7 @@ def test_substeps_sum_to_jump_between_grid_points():
         j = int(plan.start[i])
         assert plan.t[i] == pytest.approx(float(grid[j]), abs=1e-12)
         assert plan.jump[i] == pytest.approx(float(grid[j] - grid[j + cfg.t_skip]), abs=1e-12)
-        assert torch.allclose(plan.dt[i], grid[j:j + cfg.t_skip] - grid[j + 1:j + cfg.t_skip + 1], atol=1e-12)
+        assert torch.allclose(plan.dt[i], grid[j : j + cfg.t_skip] - grid[j + 1 : j + cfg.t_skip + 1], atol=1e-12)
 
 
 def test_plan_branches_grids_and_start_indices_follow_config():
@@ -130,7 +136,9 @@ def test_branches_use_teacher_fast_and_slow_on_the_right_rows_with_fm_rows():
     plan = make_plan([[0.1, 0.3]] * 5, [False, True, False, False, False], is_fm=[True, False, False, True, False])
     out = shortcut_target(eps, x0, eps, plan, {}, VelocitySources(const_field(1.0), const_field(2.0), const_field(3.0)))
     teacher_row, self_row = (0.1 * 1 + 0.3 * 3) / 0.4, (0.1 * 2 + 0.3 * 3) / 0.4
-    assert torch.allclose(out.target[:, 0], torch.tensor([1.0, teacher_row, self_row, 1.0, self_row], dtype=D), atol=1e-14)
+    assert torch.allclose(
+        out.target[:, 0], torch.tensor([1.0, teacher_row, self_row, 1.0, self_row], dtype=D), atol=1e-14
+    )
 
 
 def test_velocity_sources_see_only_their_rows_and_matching_cond():
@@ -140,11 +148,14 @@ def test_velocity_sources_see_only_their_rows_and_matching_cond():
         def fn(x, t, cond):
             seen[name] = cond["label"].tolist()
             return torch.zeros_like(x)
+
         return fn
 
     plan = make_plan([[0.1, 0.1]] * 4, [True, False, True, False])
     x = torch.zeros(4, 2, dtype=D)
-    shortcut_target(x, x, x, plan, {"label": torch.tensor([10, 11, 12, 13])}, VelocitySources(record("t"), record("f"), record("s")))
+    shortcut_target(
+        x, x, x, plan, {"label": torch.tensor([10, 11, 12, 13])}, VelocitySources(record("t"), record("f"), record("s"))
+    )
     assert seen == {"t": [10, 12], "f": [11, 13], "s": [10, 11, 12, 13]}
 
 

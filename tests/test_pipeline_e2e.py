@@ -41,10 +41,23 @@ def pipeline_dirs(tmp_path_factory):
 
 def write_config(path: Path, model: Path, cache: Path, out: Path, family: str, **extra) -> Path:
     values = {
-        "teacher": f"diffusers:{model}", "data": f"cache:{cache}", "output_dir": str(out), "max_steps": 3, "batch_size": 2,
-        "lr": 1.0e-2, "lora_rank": RANK, "lora_alpha": ALPHA, "lora_targets": list(ADAPTERS[family].default_lora_targets),
-        "teacher_min": 4, "teacher_max": 4, "log_every": 1, "logger": "jsonl", "local_files_only": True,
-        "final_weights": "student", "grad_clip": 2.0 if family == "sd3" else 10.0, **extra,
+        "teacher": f"diffusers:{model}",
+        "data": f"cache:{cache}",
+        "output_dir": str(out),
+        "max_steps": 3,
+        "batch_size": 2,
+        "lr": 1.0e-2,
+        "lora_rank": RANK,
+        "lora_alpha": ALPHA,
+        "lora_targets": list(ADAPTERS[family].default_lora_targets),
+        "teacher_min": 4,
+        "teacher_max": 4,
+        "log_every": 1,
+        "logger": "jsonl",
+        "local_files_only": True,
+        "final_weights": "student",
+        "grad_clip": 2.0 if family == "sd3" else 10.0,
+        **extra,
     }
     path.write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in values.items()) + "\n")
     return path
@@ -57,12 +70,56 @@ def e2e(request, pipeline_dirs, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"e2e-{family}")
     (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     cache, run = root / "cache", root / "run"
-    assert main(["generate-data", "--model", str(model), "--prompts", str(root / "prompts.txt"), "--out", str(cache), "--steps", "2",
-                 "--buckets", BUCKETS, "--dtype", "fp32", "--device", "cpu", "--local-files-only", "--shard-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "generate-data",
+                "--model",
+                str(model),
+                "--prompts",
+                str(root / "prompts.txt"),
+                "--out",
+                str(cache),
+                "--steps",
+                "2",
+                "--buckets",
+                BUCKETS,
+                "--dtype",
+                "fp32",
+                "--device",
+                "cpu",
+                "--local-files-only",
+                "--shard-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     config = write_config(root / "config.yaml", model, cache, run, family)
     assert main(["distill", str(config)]) == 0
-    for fmt, out in (("diffusers", root / "lora.safetensors"), ("comfyui", root / "comfy.safetensors"), ("fused", root / "fused")):
-        assert main(["export", "--run", str(run), "--format", fmt, "--out", str(out), "--weights", "student", "--dtype", "fp32"]) == 0
+    for fmt, out in (
+        ("diffusers", root / "lora.safetensors"),
+        ("comfyui", root / "comfy.safetensors"),
+        ("fused", root / "fused"),
+    ):
+        assert (
+            main(
+                [
+                    "export",
+                    "--run",
+                    str(run),
+                    "--format",
+                    fmt,
+                    "--out",
+                    str(out),
+                    "--weights",
+                    "student",
+                    "--dtype",
+                    "fp32",
+                ]
+            )
+            == 0
+        )
     return SimpleNamespace(family=family, model=model, root=root, cache=cache, run=run, config=config)
 
 
@@ -71,10 +128,18 @@ def probe(family: str, b: int = 2, seed: int = 11):
     g = torch.Generator().manual_seed(seed)
     x, t = torch.randn(b, LATENT_CHANNELS, 16, 24, generator=g), torch.rand(b, generator=g)
     if family == "flux":
-        cond = {"prompt_embeds": torch.randn(b, 7, 32, generator=g), "pooled_prompt_embeds": torch.randn(b, 32, generator=g), "guidance": 7.5 * torch.rand(b, generator=g)}
+        cond = {
+            "prompt_embeds": torch.randn(b, 7, 32, generator=g),
+            "pooled_prompt_embeds": torch.randn(b, 32, generator=g),
+            "guidance": 7.5 * torch.rand(b, generator=g),
+        }
     else:
-        cond = {"prompt_embeds": torch.randn(b, 9, 64, generator=g), "pooled_prompt_embeds": torch.randn(b, 64, generator=g),
-                "negative_prompt_embeds": torch.randn(1, 9, 64, generator=g), "negative_pooled_prompt_embeds": torch.randn(1, 64, generator=g)}
+        cond = {
+            "prompt_embeds": torch.randn(b, 9, 64, generator=g),
+            "pooled_prompt_embeds": torch.randn(b, 64, generator=g),
+            "negative_prompt_embeds": torch.randn(1, 9, 64, generator=g),
+            "negative_pooled_prompt_embeds": torch.randn(1, 64, generator=g),
+        }
     return x, t, cond
 
 
@@ -104,10 +169,17 @@ def test_cached_x0_decodes_to_the_pipelines_own_image_for_the_sample_seed(e2e):
     pipe, adapter_cls = load_pipeline(e2e.model, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     entry = next(e for e in read_index(e2e.cache)[0] if e["bucket"] == "48x32")
-    x0 = load_safetensors(e2e.cache / entry["shard"])["x0"][entry["row"]:entry["row"] + 1]
+    x0 = load_safetensors(e2e.cache / entry["shard"])["x0"][entry["row"] : entry["row"] + 1]
     guidance = 3.5 if e2e.family == "flux" else 4.5  # SD3: scfm's w = 3.5 is the pipeline's guidance_scale 4.5
-    image = pipe(entry["prompt"], height=32, width=48, num_inference_steps=2, guidance_scale=guidance,
-                 generator=torch.Generator().manual_seed(entry["seed"]), output_type="pt").images
+    image = pipe(
+        entry["prompt"],
+        height=32,
+        width=48,
+        num_inference_steps=2,
+        guidance_scale=guidance,
+        generator=torch.Generator().manual_seed(entry["seed"]),
+        output_type="pt",
+    ).images
     torch.testing.assert_close(adapter_cls.decode_latents(pipe, x0), image, atol=1e-5, rtol=1e-5)
 
 
@@ -151,8 +223,17 @@ def test_distill_from_the_cache_never_builds_a_vae_or_text_encoder(e2e, tmp_path
 
 def test_distill_from_the_cache_resumes_exactly(e2e, tmp_path):
     """The cache source is checkpointed with the run (its generator), so a resumed run equals an uninterrupted one."""
+
     def run(name, steps, *extra):
-        config = write_config(tmp_path / f"{name}-{steps}.yaml", e2e.model, e2e.cache, tmp_path / name, e2e.family, max_steps=steps, checkpoint_every=2)
+        config = write_config(
+            tmp_path / f"{name}-{steps}.yaml",
+            e2e.model,
+            e2e.cache,
+            tmp_path / name,
+            e2e.family,
+            max_steps=steps,
+            checkpoint_every=2,
+        )
         assert main(["distill", str(config), *extra]) == 0
 
     run("full", 4)
@@ -166,8 +247,17 @@ def test_distill_from_the_cache_resumes_exactly(e2e, tmp_path):
 
 def test_preset_precision_settings_run_on_the_tiny_model(e2e, tmp_path):
     """bf16 frozen weights, bf16 autocast and gradient checkpointing (the presets' settings) give finite steps."""
-    config = write_config(tmp_path / "c.yaml", e2e.model, e2e.cache, tmp_path / "run", e2e.family, max_steps=2,
-                          model_dtype="bf16", mixed_precision="bf16", gradient_checkpointing=True)
+    config = write_config(
+        tmp_path / "c.yaml",
+        e2e.model,
+        e2e.cache,
+        tmp_path / "run",
+        e2e.family,
+        max_steps=2,
+        model_dtype="bf16",
+        mixed_precision="bf16",
+        gradient_checkpointing=True,
+    )
     assert main(["distill", str(config)]) == 0
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(torch.isfinite(torch.tensor([r["loss"], r["grad_norm"]])).all() for r in records)
@@ -200,8 +290,12 @@ def test_comfyui_export_carries_the_trained_alpha(e2e):
 def test_fused_transformer_reproduces_the_distilled_model(e2e):
     result, config = load_run(e2e.run, "student")
     adapter_cls = ADAPTERS[e2e.family]
-    fused = adapter_cls.from_pretrained(e2e.root / "fused", subfolder=None, local_files_only=True,
-                                        adapter_kwargs={"guidance_scale": config.cfg_scale} if e2e.family == "sd3" else None)
+    fused = adapter_cls.from_pretrained(
+        e2e.root / "fused",
+        subfolder=None,
+        local_files_only=True,
+        adapter_kwargs={"guidance_scale": config.cfg_scale} if e2e.family == "sd3" else None,
+    )
     assert not any("lora" in n for n, _ in fused.named_parameters())
     x, t, cond = probe(e2e.family, seed=3)
     with torch.no_grad():
@@ -216,27 +310,85 @@ def test_pipeline_sampling_is_scfm_euler_on_the_same_grid(e2e, shift):
     pipe, adapter_cls = load_pipeline(e2e.model, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     load_lora(pipe, e2e.root / "lora.safetensors")
-    got = sample_pipeline(pipe, ["a red cat"], 2, shift=shift, generator=[torch.Generator().manual_seed(5)], height=32, width=48, output="latents")
+    got = sample_pipeline(
+        pipe,
+        ["a red cat"],
+        2,
+        shift=shift,
+        generator=[torch.Generator().manual_seed(5)],
+        height=32,
+        width=48,
+        output="latents",
+    )
     cond = adapter_cls.encode_prompts(pipe, ["a red cat"], "cpu")
     if e2e.family == "flux":
         cond["guidance"] = torch.tensor([3.5])
     noise = torch.randn(1, LATENT_CHANNELS, 16, 24, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(got, scfm.sample(result, noise, steps=2, shift=shift, **cond), atol=1e-4, rtol=1e-4)
     scheduler = type(pipe.scheduler).__name__
-    assert scheduler == "FlowMatchEulerDiscreteScheduler" and pipe.scheduler.config.shift == 3.0  # the user's scheduler is back
+    assert (
+        scheduler == "FlowMatchEulerDiscreteScheduler" and pipe.scheduler.config.shift == 3.0
+    )  # the user's scheduler is back
 
 
 def test_sample_cli_writes_finite_images_of_the_requested_size(e2e, tmp_path):
     from PIL import Image
 
-    assert main(["sample", "--run", str(e2e.run), "--weights", "student", "--prompt", "a red cat", "--prompt", "a blue dog",
-                 "--steps", "2", "--height", "32", "--width", "48", "--out", str(tmp_path / "s.png"), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(e2e.run),
+                "--weights",
+                "student",
+                "--prompt",
+                "a red cat",
+                "--prompt",
+                "a blue dog",
+                "--steps",
+                "2",
+                "--height",
+                "32",
+                "--width",
+                "48",
+                "--out",
+                str(tmp_path / "s.png"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     for i in range(2):
         with Image.open(tmp_path / f"s_{i}.png") as im:
             assert im.size == (48, 32) and im.mode == "RGB"
     out = tmp_path / "lora.png"
-    assert main(["sample", "--model", str(e2e.model), "--lora", str(e2e.root / "lora.safetensors"), "--prompt", "a cat",
-                 "--steps", "2", "--height", "32", "--width", "32", "--out", str(out), "--local-files-only", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(e2e.model),
+                "--lora",
+                str(e2e.root / "lora.safetensors"),
+                "--prompt",
+                "a cat",
+                "--steps",
+                "2",
+                "--height",
+                "32",
+                "--width",
+                "32",
+                "--out",
+                str(out),
+                "--local-files-only",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     with Image.open(out) as im:
         assert im.size == (32, 32)
 
@@ -245,11 +397,18 @@ def test_load_lora_refuses_a_file_naming_modules_the_transformer_lacks(pipeline_
     from scfm.fileio import atomic_save_safetensors
 
     pipe, _ = load_pipeline(pipeline_dirs["flux"], local_files_only=True)
-    path = atomic_save_safetensors({
-        "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(2, 32), "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(32, 2),
-        "transformer.transformer_blocks.7.attn.to_q.lora_A.weight": torch.zeros(2, 32), "transformer.transformer_blocks.7.attn.to_q.lora_B.weight": torch.zeros(32, 2),
-    }, tmp_path / "wrong.safetensors")
-    with pytest.raises(ValueError, match="does not fit this pipeline's transformer.*unexpected keys.*transformer_blocks.7"):
+    path = atomic_save_safetensors(
+        {
+            "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(2, 32),
+            "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(32, 2),
+            "transformer.transformer_blocks.7.attn.to_q.lora_A.weight": torch.zeros(2, 32),
+            "transformer.transformer_blocks.7.attn.to_q.lora_B.weight": torch.zeros(32, 2),
+        },
+        tmp_path / "wrong.safetensors",
+    )
+    with pytest.raises(
+        ValueError, match="does not fit this pipeline's transformer.*unexpected keys.*transformer_blocks.7"
+    ):
         load_lora(pipe, path)
 
 
@@ -265,11 +424,14 @@ def test_export_and_sample_refuse_a_builtin_run_and_a_missing_lora(tmp_path):
 # ----------------------------------------------------------------------------- presets
 
 
-@pytest.mark.parametrize("preset, family, model", [
-    ("flux-dev", "flux", "black-forest-labs/FLUX.1-dev"),
-    ("sd35-large", "sd3", "stabilityai/stable-diffusion-3.5-large"),
-    ("wan-t2v-1.3b", "wan", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"),
-])
+@pytest.mark.parametrize(
+    "preset, family, model",
+    [
+        ("flux-dev", "flux", "black-forest-labs/FLUX.1-dev"),
+        ("sd35-large", "sd3", "stabilityai/stable-diffusion-3.5-large"),
+        ("wan-t2v-1.3b", "wan", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"),
+    ],
+)
 def test_presets_validate_and_use_the_adapters_lora_targets(preset, family, model):
     config = load_config(ROOT / "configs" / f"{preset}.yaml")
     adapter = get_adapter(family)
@@ -293,8 +455,31 @@ def test_cache_memory_bench_runs_at_a_small_size(tmp_path):
     import sys
 
     out = tmp_path / "cache_memory.json"
-    subprocess.run([sys.executable, str(ROOT / "bench/cache_memory.py"), "--t5-width", "256", "--t5-layers", "2", "--steps", "1", "--out", str(out), "--json"],
-                   check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench/cache_memory.py"),
+            "--t5-width",
+            "256",
+            "--t5-layers",
+            "2",
+            "--steps",
+            "1",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
     result = json.loads(out.read_text())
-    assert [r["variant"] for r in result["rows"]] == ["python", "generate-data", "distill (cache)", "distill (full pipeline)"]
+    assert [r["variant"] for r in result["rows"]] == [
+        "python",
+        "generate-data",
+        "distill (cache)",
+        "distill (full pipeline)",
+    ]
     assert all(r["peak_rss_mb"] > 0 for r in result["rows"]) and result["component_mb"]["text_encoder_2"] > 1

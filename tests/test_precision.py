@@ -51,6 +51,8 @@ def test_torch_compile_trains_like_eager():
 
     def loss(compile_):
         cfg = toy2d_config(max_steps=10, compile=compile_, log_every=10)
-        return scfm.distill(load_shipped_teacher("toy2d:8gaussians"), Toy2DBatches("8gaussians", 64), cfg, progress=False).history[-1]["loss"]
+        return scfm.distill(
+            load_shipped_teacher("toy2d:8gaussians"), Toy2DBatches("8gaussians", 64), cfg, progress=False
+        ).history[-1]["loss"]
 
     assert loss(True) == pytest.approx(loss(False), rel=1e-3)

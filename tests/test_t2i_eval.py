@@ -28,15 +28,32 @@ PROMPTS = ["a red cube", "a blue sphere on grass", "two cats", "a city at night"
 
 def build_tiny_clip(folder: Path, seed: int = 0) -> Path:
     """Save a random tiny ``CLIPModel`` with its ``CLIPProcessor`` (32 px images, byte-level BPE) to ``folder``."""
-    from tiny_pipelines import write_tiny_clip_tokenizer
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    from tiny_pipelines import write_tiny_clip_tokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(write_tiny_clip_tokenizer(folder.parent / f"{folder.name}_tokenizer"))
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=16,
     )
     torch.manual_seed(seed)
@@ -133,7 +150,9 @@ def test_missing_clip_folder_says_how_to_provide_one(tmp_path):
 def test_a_folder_that_is_not_a_clip_model_is_refused(tmp_path):
     from transformers import CLIPTextConfig
 
-    CLIPTextConfig(hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1).save_pretrained(tmp_path)
+    CLIPTextConfig(hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1).save_pretrained(
+        tmp_path
+    )
     with pytest.raises(ValueError, match=r"'clip_text_model' model, not a CLIP model.*--clip PATH"):
         t2i.load_clip(tmp_path)
 
@@ -203,7 +222,9 @@ def test_prompt_files_txt_and_jsonl(tmp_path):
     assert t2i.load_prompts(tmp_path / "p.txt") == ["a cat", "a dog"]
     assert t2i.load_prompts(tmp_path / "p.jsonl", limit=1) == ["a cat"]
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\n{"label": 3}\n')
-    with pytest.raises(ValueError, match=r'bad.jsonl:2: needs a non-empty string field "prompt" \(or "caption" / "text"\)'):
+    with pytest.raises(
+        ValueError, match=r'bad.jsonl:2: needs a non-empty string field "prompt" \(or "caption" / "text"\)'
+    ):
         t2i.load_prompts(tmp_path / "bad.jsonl")
 
 
@@ -235,22 +256,36 @@ def test_reference_folder_with_one_image_is_refused(tmp_path):
 # ------------------------------------------------------------------------------------- driver
 def test_driver_refuses_a_missing_clip_before_generating(tmp_path):
     with pytest.raises(FileNotFoundError, match="--clip"):
-        t2i.evaluate_text_to_image(must_not_generate, must_not_generate, PROMPTS, [1, 2], tmp_path, clip=tmp_path / "nope", fid_features=None)
+        t2i.evaluate_text_to_image(
+            must_not_generate, must_not_generate, PROMPTS, [1, 2], tmp_path, clip=tmp_path / "nope", fid_features=None
+        )
     assert not (tmp_path / "t2i_metrics.json").exists()
 
 
 def test_driver_refuses_fid_without_torch_fidelity_before_generating(tmp_path, scorer, monkeypatch):
     monkeypatch.setattr(t2i_metrics, "has_torch_fidelity", lambda: False)
     with pytest.raises(ImportError, match="pip install torch-fidelity"):
-        t2i.evaluate_text_to_image(must_not_generate, must_not_generate, PROMPTS, [1], tmp_path, clip=scorer, fid_features="inception")
+        t2i.evaluate_text_to_image(
+            must_not_generate, must_not_generate, PROMPTS, [1], tmp_path, clip=scorer, fid_features="inception"
+        )
 
 
 def test_driver_refuses_a_bad_reference_folder_or_single_prompt_before_generating(tmp_path, scorer):
     with pytest.raises(FileNotFoundError, match="--reference"):
-        t2i.evaluate_text_to_image(must_not_generate, must_not_generate, PROMPTS, [1], tmp_path, clip=scorer,
-                                   fid_features=ColorStats(), reference=tmp_path / "nope")
+        t2i.evaluate_text_to_image(
+            must_not_generate,
+            must_not_generate,
+            PROMPTS,
+            [1],
+            tmp_path,
+            clip=scorer,
+            fid_features=ColorStats(),
+            reference=tmp_path / "nope",
+        )
     with pytest.raises(ValueError, match="at least 2 prompts"):
-        t2i.evaluate_text_to_image(must_not_generate, must_not_generate, PROMPTS[:1], [1], tmp_path, clip=scorer, fid_features=ColorStats())
+        t2i.evaluate_text_to_image(
+            must_not_generate, must_not_generate, PROMPTS[:1], [1], tmp_path, clip=scorer, fid_features=ColorStats()
+        )
 
 
 @pytest.mark.filterwarnings("ignore:.*feature dim")
@@ -258,16 +293,32 @@ def test_driver_writes_metrics_json_grids_and_plot_with_the_documented_schema(tm
     teacher_calls, student_calls = [], []
     out = tmp_path / "eval"
     result = t2i.evaluate_text_to_image(
-        fake_generate(0.0, teacher_calls), fake_generate(0.3, student_calls), PROMPTS, [1, 2], out,
-        teacher_steps=8, clip=scorer, fid_features=ColorStats(), reference=write_reference(tmp_path / "ref"),
-        batch_size=2, seed=7, grid_prompts=3, student_nfe_per_step=2, progress=False,
+        fake_generate(0.0, teacher_calls),
+        fake_generate(0.3, student_calls),
+        PROMPTS,
+        [1, 2],
+        out,
+        teacher_steps=8,
+        clip=scorer,
+        fid_features=ColorStats(),
+        reference=write_reference(tmp_path / "ref"),
+        batch_size=2,
+        seed=7,
+        grid_prompts=3,
+        student_nfe_per_step=2,
+        progress=False,
     )
     saved = json.loads((out / "t2i_metrics.json").read_text())
     assert saved["rows"] == result["rows"] and saved["complete"] is True
     keys = {"model", "steps", "nfe", "clip", "dfid", "fid", "n", "sec_per_image"}
     assert all(set(r) == keys for r in saved["rows"])
     assert [(r["model"], r["steps"], r["nfe"]) for r in saved["rows"]] == [
-        ("teacher", 8, 8), ("teacher", 1, 1), ("student", 1, 2), ("teacher", 2, 2), ("student", 2, 4)]
+        ("teacher", 8, 8),
+        ("teacher", 1, 1),
+        ("student", 1, 2),
+        ("teacher", 2, 2),
+        ("student", 2, 4),
+    ]
     assert all(r["n"] == len(PROMPTS) and np.isfinite(r["clip"]) and np.isfinite(r["fid"]) for r in saved["rows"])
     ref, *rest = saved["rows"]
     assert ref["dfid"] is None
@@ -284,7 +335,10 @@ def test_driver_writes_metrics_json_grids_and_plot_with_the_documented_schema(tm
     for name in ["t2i_grid_steps1.png", "t2i_grid_steps2.png", "t2i_metrics_vs_steps.png"]:
         with Image.open(out / name) as im:
             assert im.format == "PNG" and im.width > 50
-    assert saved["files"] == {"grids": {"1": "t2i_grid_steps1.png", "2": "t2i_grid_steps2.png"}, "plot": "t2i_metrics_vs_steps.png"}
+    assert saved["files"] == {
+        "grids": {"1": "t2i_grid_steps1.png", "2": "t2i_grid_steps2.png"},
+        "plot": "t2i_metrics_vs_steps.png",
+    }
     assert not list(out.glob(".*.tmp"))
 
 
@@ -296,18 +350,43 @@ def test_an_interrupted_driver_run_keeps_the_rows_it_finished(tmp_path, scorer):
         return images(len(prompts), seed)
 
     with pytest.raises(KeyboardInterrupt):
-        t2i.evaluate_text_to_image(fake_generate(), student, PROMPTS[:3], [1, 2], tmp_path, teacher_steps=4, clip=scorer,
-                                   fid_features=ColorStats(), batch_size=3, progress=False)
+        t2i.evaluate_text_to_image(
+            fake_generate(),
+            student,
+            PROMPTS[:3],
+            [1, 2],
+            tmp_path,
+            teacher_steps=4,
+            clip=scorer,
+            fid_features=ColorStats(),
+            batch_size=3,
+            progress=False,
+        )
     saved = json.loads((tmp_path / "t2i_metrics.json").read_text())
     assert saved["complete"] is False
-    assert [(r["model"], r["steps"]) for r in saved["rows"]] == [("teacher", 4), ("teacher", 1), ("student", 1), ("teacher", 2)]
+    assert [(r["model"], r["steps"]) for r in saved["rows"]] == [
+        ("teacher", 4),
+        ("teacher", 1),
+        ("student", 1),
+        ("teacher", 2),
+    ]
 
 
 @pytest.mark.filterwarnings("ignore:.*feature dim")
 def test_driver_with_clip_features_and_no_reference_fills_fid_with_none(tmp_path, scorer):
     result = t2i.evaluate_text_to_image(
-        fake_generate(0.0), fake_generate(0.2), PROMPTS[:3], [1], tmp_path, teacher_steps=4, clip=scorer,
-        fid_features="clip", batch_size=3, teacher_baseline=False, grid_prompts=0, progress=False,
+        fake_generate(0.0),
+        fake_generate(0.2),
+        PROMPTS[:3],
+        [1],
+        tmp_path,
+        teacher_steps=4,
+        clip=scorer,
+        fid_features="clip",
+        batch_size=3,
+        teacher_baseline=False,
+        grid_prompts=0,
+        progress=False,
     )
     assert [r["model"] for r in result["rows"]] == ["teacher", "student"]
     assert all(r["fid"] is None for r in result["rows"]) and result["rows"][1]["dfid"] > 0
@@ -319,11 +398,11 @@ def test_driver_with_clip_features_and_no_reference_fills_fid_with_none(tmp_path
 def tiny_flux_with_lora(root: Path) -> tuple[Path, Path]:
     """A saved tiny Flux pipeline and a diffusers-format LoRA for its transformer (random, non-zero B)."""
     from diffusers import FluxTransformer2DModel
-    from tiny_pipelines import build_tiny_flux_pipeline
 
     from scfm.export import export_diffusers_lora
     from scfm.models.flux import FluxAdapter
     from scfm.weights.lora import LoraSpec, attach_lora, lora_named_parameters
+    from tiny_pipelines import build_tiny_flux_pipeline
 
     flux_dir = build_tiny_flux_pipeline(root)
     adapter = FluxAdapter(FluxTransformer2DModel.from_pretrained(flux_dir, subfolder="transformer"))
@@ -341,10 +420,37 @@ def flux_and_lora(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def eval_args(flux_dir, lora, prompts, clip_dir, out, *extra):
-    return ["eval", "--model", str(flux_dir), "--lora", str(lora), "--prompts", str(prompts), "--steps", "1", "2",
-            "--teacher-steps", "4", "--clip", str(clip_dir), "--fid-features", f"{Path(__file__)}:build_color_stats",
-            "--height", "32", "--width", "32", "--batch-size", "2", "--device", "cpu", "--no-progress",
-            "--local-files-only", "--out", str(out), *extra]
+    return [
+        "eval",
+        "--model",
+        str(flux_dir),
+        "--lora",
+        str(lora),
+        "--prompts",
+        str(prompts),
+        "--steps",
+        "1",
+        "2",
+        "--teacher-steps",
+        "4",
+        "--clip",
+        str(clip_dir),
+        "--fid-features",
+        f"{Path(__file__)}:build_color_stats",
+        "--height",
+        "32",
+        "--width",
+        "32",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--local-files-only",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 @pytest.mark.filterwarnings("ignore:.*feature dim")
@@ -354,15 +460,38 @@ def test_scfm_eval_on_a_tiny_flux_pipeline_writes_metrics_grids_and_plot(flux_an
     flux_dir, lora = flux_and_lora
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS[:3]) + "\n")
     out = tmp_path / "eval"
-    assert main(eval_args(flux_dir, lora, tmp_path / "prompts.txt", clip_dir, out, "--reference", str(write_reference(tmp_path / "ref")))) == 0
+    assert (
+        main(
+            eval_args(
+                flux_dir,
+                lora,
+                tmp_path / "prompts.txt",
+                clip_dir,
+                out,
+                "--reference",
+                str(write_reference(tmp_path / "ref")),
+            )
+        )
+        == 0
+    )
     saved = json.loads((out / "t2i_metrics.json").read_text())
-    assert [(r["model"], r["steps"]) for r in saved["rows"]] == [("teacher", 4), ("teacher", 1), ("student", 1), ("teacher", 2), ("student", 2)]
+    assert [(r["model"], r["steps"]) for r in saved["rows"]] == [
+        ("teacher", 4),
+        ("teacher", 1),
+        ("student", 1),
+        ("teacher", 2),
+        ("student", 2),
+    ]
     for r in saved["rows"]:
         assert r["n"] == 3 and 0 <= r["clip"] <= 100 and r["fid"] >= 0 and (r["dfid"] is None) == (r["steps"] == 4)
     assert saved["config"]["image_size"] == [32, 32] and saved["config"]["lora"] == str(lora)
     student_1 = next(r for r in saved["rows"] if r["model"] == "student" and r["steps"] == 1)
     assert student_1["dfid"] > 0  # the random LoRA changes the samples
-    assert (out / "t2i_grid_steps1.png").is_file() and (out / "t2i_grid_steps2.png").is_file() and (out / "t2i_metrics_vs_steps.png").is_file()
+    assert (
+        (out / "t2i_grid_steps1.png").is_file()
+        and (out / "t2i_grid_steps2.png").is_file()
+        and (out / "t2i_metrics_vs_steps.png").is_file()
+    )
     assert "student" in capsys.readouterr().out
 
 
@@ -379,8 +508,20 @@ def test_scfm_eval_checks_clip_lora_and_run_before_loading_the_pipeline(flux_and
     with pytest.raises(FileNotFoundError, match="--clip"):
         main(eval_args(flux_dir, lora, tmp_path / "prompts.txt", tmp_path / "no-clip", tmp_path / "out"))
     with pytest.raises(FileNotFoundError, match="--lora"):
-        main(eval_args(flux_dir, tmp_path / "no.safetensors", tmp_path / "prompts.txt", tmp_path / "no-clip", tmp_path / "out"))
-    run_args = ["eval", "--run", str(tmp_path / "not-a-run"), "--prompts", str(tmp_path / "prompts.txt"), "--out", str(tmp_path / "out")]
+        main(
+            eval_args(
+                flux_dir, tmp_path / "no.safetensors", tmp_path / "prompts.txt", tmp_path / "no-clip", tmp_path / "out"
+            )
+        )
+    run_args = [
+        "eval",
+        "--run",
+        str(tmp_path / "not-a-run"),
+        "--prompts",
+        str(tmp_path / "prompts.txt"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     with pytest.raises(FileNotFoundError, match="finished scfm distill run"):
         main(run_args)
 
@@ -398,22 +539,40 @@ def test_eval_teacher_is_the_base_pipeline_and_student_the_lora_with_per_prompt_
     load_lora(pipe, lora)
     for p in (base, pipe):
         p.set_progress_bar_config(disable=True)
-    args = argparse.Namespace(guidance=None, teacher_guidance=None, shift=1.0, teacher_shift=None, lora_scale=1.0,
-                              teacher_sampler="pipeline", height=32, width=32)
+    args = argparse.Namespace(
+        guidance=None,
+        teacher_guidance=None,
+        shift=1.0,
+        teacher_shift=None,
+        lora_scale=1.0,
+        teacher_sampler="pipeline",
+        height=32,
+        width=32,
+    )
     teacher, student, teacher_nfe, student_nfe = make_generators(pipe, args)
     assert (teacher_nfe, student_nfe) == (1, 1)
     prompts = PROMPTS[:2]
     gens = [torch.Generator().manual_seed(5 + j) for j in range(2)]
-    plain = base(prompt=prompts, height=32, width=32, num_inference_steps=2, guidance_scale=3.5, generator=gens, output_type="pt").images
+    plain = base(
+        prompt=prompts, height=32, width=32, num_inference_steps=2, guidance_scale=3.5, generator=gens, output_type="pt"
+    ).images
     torch.testing.assert_close(teacher(prompts, 2, 5), plain.float())
     # prompt j of a batch called with seed s uses seed s + j: batches of 1 give the same images
     torch.testing.assert_close(teacher(prompts[1:], 2, 6), plain[1:].float())
     gens = [torch.Generator().manual_seed(5 + j) for j in range(2)]
     lora_images = sample_pipeline(pipe, prompts, 2, lora_scale=1.0, shift=1.0, generator=gens, height=32, width=32)
     torch.testing.assert_close(student(prompts, 2, 5), lora_images)
-    assert (lora_images - sample_pipeline(base, prompts, 2, generator=[torch.Generator().manual_seed(5 + j) for j in range(2)],
-                                          height=32, width=32)).abs().max() > 1e-3
+    assert (
+        lora_images
+        - sample_pipeline(
+            base, prompts, 2, generator=[torch.Generator().manual_seed(5 + j) for j in range(2)], height=32, width=32
+        )
+    ).abs().max() > 1e-3
     args.teacher_sampler = "euler"
     teacher_euler = make_generators(pipe, args)[0]
-    torch.testing.assert_close(teacher_euler(prompts, 2, 5), sample_pipeline(base, prompts, 2, generator=[torch.Generator().manual_seed(5 + j) for j in range(2)],
-                                                                             height=32, width=32))
+    torch.testing.assert_close(
+        teacher_euler(prompts, 2, 5),
+        sample_pipeline(
+            base, prompts, 2, generator=[torch.Generator().manual_seed(5 + j) for j in range(2)], height=32, width=32
+        ),
+    )

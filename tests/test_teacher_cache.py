@@ -35,7 +35,10 @@ def test_bucket_sides_must_be_multiples_of_the_model_pixel_multiple():
 
 def test_prompt_files_txt_and_jsonl(tmp_path):
     (tmp_path / "p.txt").write_text("a cat\n\n  a dog  \n")
-    assert [(e.text, e.seed, e.line) for e in read_prompts(tmp_path / "p.txt")] == [("a cat", None, 1), ("a dog", None, 3)]
+    assert [(e.text, e.seed, e.line) for e in read_prompts(tmp_path / "p.txt")] == [
+        ("a cat", None, 1),
+        ("a dog", None, 3),
+    ]
     (tmp_path / "p.jsonl").write_text('{"prompt": "a cat", "seed": 7}\n{"prompt": "a dog"}\n')
     assert [(e.text, e.seed) for e in read_prompts(tmp_path / "p.jsonl")] == [("a cat", 7), ("a dog", None)]
 
@@ -67,7 +70,9 @@ def test_sample_ids_and_seeds_are_a_pure_function_of_prompt_index_bucket_and_rep
     assert specs[0].id == "p000000_32x32_r00" and specs[3].id == "p000001_32x32_r01"
     assert [s.seed for s in specs if s.prompt == "a dog"] == [40, 41, 40, 41]  # the jsonl seed, + repeat
     derived = [s.seed for s in specs if s.prompt == "a cat"]
-    assert len(set(derived)) == 4 and derived != [s.seed for s in plan_prompt_samples(prompts, buckets, 2, seed=1) if s.prompt == "a cat"]
+    assert len(set(derived)) == 4 and derived != [
+        s.seed for s in plan_prompt_samples(prompts, buckets, 2, seed=1) if s.prompt == "a cat"
+    ]
 
 
 def test_nearest_bucket_by_aspect_ratio():
@@ -88,8 +93,12 @@ def test_distill_config_pairs_diffusers_teachers_with_caches():
         DistillConfig(teacher="diffusers: ", data="cache:c").validate()
     with pytest.raises(ValueError, match="validate_every=5 works for built-in models only"):
         DistillConfig(teacher="diffusers:m", data="cache:c", validate_every=5).validate()
-    for field, value, message in (("cfg_mode", "half", "cfg_mode='half' must be one of"), ("model_dtype", "int8", "model_dtype='int8'"),
-                                  ("guidance_min", 8.0, "guidance_min=8.0"), ("cfg_scale", -1.0, "cfg_scale=-1.0")):
+    for field, value, message in (
+        ("cfg_mode", "half", "cfg_mode='half' must be one of"),
+        ("model_dtype", "int8", "model_dtype='int8'"),
+        ("guidance_min", 8.0, "guidance_min=8.0"),
+        ("cfg_scale", -1.0, "cfg_scale=-1.0"),
+    ):
         with pytest.raises(ValueError, match=message):
             DistillConfig(**{field: value}).validate()
 
@@ -117,8 +126,27 @@ def prompts(tmp_path):
 
 
 def generate(model, prompts, out, *extra):
-    return main(["generate-data", "--model", str(model), "--prompts", str(prompts), "--out", str(out), "--steps", "2",
-                 "--buckets", "32x32,48x32", "--dtype", "fp32", "--device", "cpu", "--local-files-only", *extra])
+    return main(
+        [
+            "generate-data",
+            "--model",
+            str(model),
+            "--prompts",
+            str(prompts),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--buckets",
+            "32x32,48x32",
+            "--dtype",
+            "fp32",
+            "--device",
+            "cpu",
+            "--local-files-only",
+            *extra,
+        ]
+    )
 
 
 def cache_state(out: Path) -> dict[str, torch.Tensor]:
@@ -154,14 +182,18 @@ def test_pipeline_checks_name_a_missing_transformer_an_unknown_class_and_a_non_f
         load_pipeline(tmp_path)
     (tmp_path / "transformer").mkdir()
     (tmp_path / "transformer" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
-    with pytest.raises(ValueError, match=r"has a UNet2DConditionModel transformer; scfm has adapters for \[.*'FluxTransformer2DModel'"):
+    with pytest.raises(
+        ValueError, match=r"has a UNet2DConditionModel transformer; scfm has adapters for \[.*'FluxTransformer2DModel'"
+    ):
         load_pipeline(tmp_path)
     (tmp_path / "transformer" / "config.json").write_text(json.dumps({"_class_name": "FluxTransformer2DModel"}))
     (tmp_path / "scheduler").mkdir()
     (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "DDIMScheduler"}))
     with pytest.raises(ValueError, match="DDIMScheduler, not a flow-matching one"):
         adapter_class_for(tmp_path)
-    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "FlowMatchEulerDiscreteScheduler"}))
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps({"_class_name": "FlowMatchEulerDiscreteScheduler"})
+    )
     assert adapter_class_for(tmp_path).adapter_name == "flux"
     with pytest.raises(ValueError, match="does not exist"):
         adapter_class_for(tmp_path / "elsewhere")
@@ -183,8 +215,20 @@ def test_validation_errors_come_before_the_model_is_loaded(flux_dir, prompts, tm
     with pytest.raises(ValueError, match="--steps=0 must be a positive integer"):
         generate(flux_dir, prompts, tmp_path / "c", "--steps", "0")
     (tmp_path / "c").mkdir()
-    (tmp_path / "c" / "meta.json").write_text(json.dumps({**tc.GenerateConfig(model=str(flux_dir), out=tmp_path / "c", prompts=prompts, steps=2, dtype="fp32").meta("flux"), "guidance": 5.0}))
-    with pytest.raises(ValueError, match=r"made with guidance=5.0, this run asks for guidance=3.5: pick a new --out folder, or rerun with --guidance"):
+    (tmp_path / "c" / "meta.json").write_text(
+        json.dumps(
+            {
+                **tc.GenerateConfig(
+                    model=str(flux_dir), out=tmp_path / "c", prompts=prompts, steps=2, dtype="fp32"
+                ).meta("flux"),
+                "guidance": 5.0,
+            }
+        )
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"made with guidance=5.0, this run asks for guidance=3.5: pick a new --out folder, or rerun with --guidance",
+    ):
         generate(flux_dir, prompts, tmp_path / "c")
 
 
@@ -203,7 +247,9 @@ def test_interrupted_generation_resumes_to_the_same_cache(flux_dir, prompts, ref
 
 
 @needs_diffusers
-def test_a_crash_between_shard_write_and_index_append_loses_and_duplicates_nothing(flux_dir, prompts, reference_cache, tmp_path, monkeypatch):
+def test_a_crash_between_shard_write_and_index_append_loses_and_duplicates_nothing(
+    flux_dir, prompts, reference_cache, tmp_path, monkeypatch
+):
     out = tmp_path / "cache"
     real_append = tc.append_index
     calls = []
@@ -263,11 +309,33 @@ def test_image_folder_mode_encodes_center_crops_into_the_nearest_bucket(flux_dir
         Image.fromarray(pixels).save(folder / f"{name}.png")
         (folder / f"{name}.txt").write_text(f"a {name} picture\n")
     out = tmp_path / "cache"
-    assert main(["generate-data", "--model", str(flux_dir), "--images", str(folder), "--out", str(out), "--buckets", "32x32,48x32",
-                 "--dtype", "fp32", "--device", "cpu", "--local-files-only", "--previews"]) == 0
+    assert (
+        main(
+            [
+                "generate-data",
+                "--model",
+                str(flux_dir),
+                "--images",
+                str(folder),
+                "--out",
+                str(out),
+                "--buckets",
+                "32x32,48x32",
+                "--dtype",
+                "fp32",
+                "--device",
+                "cpu",
+                "--local-files-only",
+                "--previews",
+            ]
+        )
+        == 0
+    )
     entries = {e["id"]: e for e in tc.read_index(out)[0]}
     assert {k: (e["bucket"], e["image"], e["prompt"]) for k, e in entries.items()} == {
-        "img_wide": ("48x32", "wide.png", "a wide picture"), "img_square": ("32x32", "square.png", "a square picture")}
+        "img_wide": ("48x32", "wide.png", "a wide picture"),
+        "img_square": ("32x32", "square.png", "a square picture"),
+    }
     assert json.loads((out / "meta.json").read_text())["mode"] == "images"
     assert (out / "previews" / "img_wide.png").is_file()
     pipe, adapter_cls = load_pipeline(flux_dir, local_files_only=True)
@@ -275,10 +343,23 @@ def test_image_folder_mode_encodes_center_crops_into_the_nearest_bucket(flux_dir
     image = tc.load_image(folder / "wide.png", Bucket(48, 32))
     assert image.shape == (3, 32, 48) and -1 <= image.min() and image.max() <= 1
     expected = adapter_cls.encode_images(pipe, image[None], [torch.Generator().manual_seed(e["seed"])])
-    torch.testing.assert_close(load_safetensors(out / e["shard"])["x0"][e["row"]:e["row"] + 1], expected)
+    torch.testing.assert_close(load_safetensors(out / e["shard"])["x0"][e["row"] : e["row"] + 1], expected)
     (folder / "extra.png").write_bytes((folder / "wide.png").read_bytes())
-    with pytest.raises(ValueError, match=r"\['extra.png'\] .* have no caption: add a same-stem .txt file \(e.g. extra.txt\)"):
-        main(["generate-data", "--model", str(flux_dir), "--images", str(folder), "--out", str(out), "--local-files-only"])
+    with pytest.raises(
+        ValueError, match=r"\['extra.png'\] .* have no caption: add a same-stem .txt file \(e.g. extra.txt\)"
+    ):
+        main(
+            [
+                "generate-data",
+                "--model",
+                str(flux_dir),
+                "--images",
+                str(folder),
+                "--out",
+                str(out),
+                "--local-files-only",
+            ]
+        )
 
 
 # ----------------------------------------------------------------------------- batches from the cache
@@ -292,7 +373,11 @@ def test_cache_batches_are_single_bucket_with_guidance_and_resume_exactly(refere
     shapes = {tuple(b["x0"].shape) for b in batches}
     assert shapes == {(3, 4, 16, 16), (3, 4, 16, 24)}  # both buckets drawn, one bucket per batch
     for b in batches:
-        assert b["x0"].dtype == torch.float32 and b["prompt_embeds"].shape[0] == 3 and b["pooled_prompt_embeds"].shape == (3, 32)
+        assert (
+            b["x0"].dtype == torch.float32
+            and b["prompt_embeds"].shape[0] == 3
+            and b["pooled_prompt_embeds"].shape == (3, 32)
+        )
         assert b["guidance"].shape == (3,) and 0 <= b["guidance"].min() and b["guidance"].max() <= 7.5
     state = source.state_dict()
     after = [source.next_batch() for _ in range(3)]
@@ -322,7 +407,10 @@ def test_sd3_cache_batches_carry_one_shared_negative_row(tmp_path, prompts):
     out = tmp_path / "cache"
     generate(model, prompts, out, "--buckets", "32x32")
     b = CacheBatches(out, batch_size=4, seed=0, guidance_range=None).next_batch()
-    assert b["negative_prompt_embeds"].shape[0] == 1 and b["negative_prompt_embeds"].shape[1:] == b["prompt_embeds"].shape[1:]
+    assert (
+        b["negative_prompt_embeds"].shape[0] == 1
+        and b["negative_prompt_embeds"].shape[1:] == b["prompt_embeds"].shape[1:]
+    )
     assert b["negative_pooled_prompt_embeds"].shape == (1, 64)
 
 

@@ -15,25 +15,41 @@ from safetensors.torch import load_file  # noqa: E402
 
 import scfm  # noqa: E402
 from scfm.export import export_diffusers_lora, export_kohya_lora, lora_factors  # noqa: E402
-from scfm.models.adapters import get_adapter  # noqa: E402
+from scfm.models.adapters import (
+    get_adapter,  # noqa: E402
+    is_flow_matching_scheduler,  # noqa: E402
+)
 from scfm.models.cfg import combine_cfg  # noqa: E402
-from scfm.models.adapters import is_flow_matching_scheduler  # noqa: E402
 from scfm.models.wan import WAN_LORA_TARGETS, WanAdapter, denormalize_latents, normalize_latents  # noqa: E402
 from scfm.weights.lora import LoraSpec, attach_lora, linear_module_names, lora_named_parameters, matching_modules  # noqa: E402
-
 from tiny_pipelines import T5_WIDTH, WAN_LATENT_CHANNELS, WAN_LATENTS_MEAN, WAN_LATENTS_STD, build_tiny_wan_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.diffusers
 
-C, F, H, W, L, D = WAN_LATENT_CHANNELS, 2, 4, 6, 7, T5_WIDTH  # latent channels/frames/height/width, text tokens, text width
+C, F, H, W, L, D = (
+    WAN_LATENT_CHANNELS,
+    2,
+    4,
+    6,
+    7,
+    T5_WIDTH,
+)  # latent channels/frames/height/width, text tokens, text width
 PX_H, PX_W, FRAMES = 8 * H, 8 * W, 4 * (F - 1) + 1  # pixel size and frame count of the tiny pipeline's videos
 
 
 def tiny_wan(seed=0):
     torch.manual_seed(seed)
     return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=C, out_channels=C, text_dim=D,
-        freq_dim=16, ffn_dim=32, num_layers=1, rope_max_seq_len=32,
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=C,
+        out_channels=C,
+        text_dim=D,
+        freq_dim=16,
+        ffn_dim=32,
+        num_layers=1,
+        rope_max_seq_len=32,
     ).eval()
 
 
@@ -67,7 +83,9 @@ def load_pipe(folder):
 def test_registry_finds_the_wan_adapter():
     from scfm.models import adapters
 
-    assert "scfm.models.wan" in adapters._BUILTIN_MODULES  # get_adapter("wan") works without importing scfm.models.wan first
+    assert (
+        "scfm.models.wan" in adapters._BUILTIN_MODULES
+    )  # get_adapter("wan") works without importing scfm.models.wan first
     assert get_adapter("wan") is WanAdapter
     assert WanAdapter.pipeline_class_name == "WanPipeline"
 
@@ -110,8 +128,18 @@ def test_bad_layouts_and_image_to_video_transformers_are_refused():
     with pytest.raises(ValueError, match="prompt_embeds"):
         adapter(torch.zeros(1, C, F, H, W), torch.zeros(1))
     i2v = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=2 * C, out_channels=C, text_dim=D,
-        freq_dim=16, ffn_dim=32, num_layers=1, rope_max_seq_len=32, image_dim=8, added_kv_proj_dim=16,
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=2 * C,
+        out_channels=C,
+        text_dim=D,
+        freq_dim=16,
+        ffn_dim=32,
+        num_layers=1,
+        rope_max_seq_len=32,
+        image_dim=8,
+        added_kv_proj_dim=16,
     )
     with pytest.raises(ValueError, match="text-to-video transformer"):
         WanAdapter(i2v)
@@ -122,13 +150,17 @@ def test_cfg_is_one_doubled_call_equal_to_two_separate_calls():
     x, t = latents(2)
     cond = wan_cond(2)
     calls = []
-    adapter.transformer.register_forward_hook(lambda m, a, kw, out: calls.append(kw["hidden_states"].shape[0]), with_kwargs=True)
+    adapter.transformer.register_forward_hook(
+        lambda m, a, kw, out: calls.append(kw["hidden_states"].shape[0]), with_kwargs=True
+    )
     with torch.no_grad():
         guided = adapter(x, t, **cond)
         assert calls == [4]  # one call on the doubled batch
         with adapter.guided(False):
             v_c = adapter(x, t, **cond)
-        v_neg = WanAdapter(adapter.transformer, cfg_mode="none")(x, t, prompt_embeds=cond["negative_prompt_embeds"].expand(2, -1, -1))
+        v_neg = WanAdapter(adapter.transformer, cfg_mode="none")(
+            x, t, prompt_embeds=cond["negative_prompt_embeds"].expand(2, -1, -1)
+        )
     torch.testing.assert_close(guided, v_c + 4.0 * (v_c - v_neg), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(combine_cfg(torch.cat([v_c, v_neg]), 4.0), v_c + 4.0 * (v_c - v_neg))
 
@@ -157,10 +189,19 @@ def test_guided_velocity_is_the_pipelines_cfg_with_guidance_scale_w_plus_1(wan_d
     pipe = load_pipe(wan_dir)
     calls = []
     pipe.transformer.register_forward_hook(
-        lambda m, a, kw, out: calls.append((kw["hidden_states"], kw["timestep"], kw["encoder_hidden_states"], out[0])), with_kwargs=True
+        lambda m, a, kw, out: calls.append((kw["hidden_states"], kw["timestep"], kw["encoder_hidden_states"], out[0])),
+        with_kwargs=True,
     )
-    pipe("a red cat", height=PX_H, width=PX_W, num_frames=FRAMES, num_inference_steps=1, guidance_scale=4.5, output_type="latent",
-         generator=torch.Generator().manual_seed(0))
+    pipe(
+        "a red cat",
+        height=PX_H,
+        width=PX_W,
+        num_frames=FRAMES,
+        num_inference_steps=1,
+        guidance_scale=4.5,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+    )
     (x, timestep, prompt, v_c), (_, _, neg, v_neg) = calls
     pipeline_v = v_neg + 4.5 * (v_c - v_neg)
     adapter = WanAdapter(pipe.transformer, guidance_scale=3.5)
@@ -195,8 +236,12 @@ def test_default_lora_targets_match_every_linear_and_start_as_a_zero_delta():
 def test_from_pretrained_loads_offline_with_wans_unipc_flow_scheduler(tmp_path):
     transformer = tiny_wan()
     transformer.save_pretrained(tmp_path / "transformer")
-    UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0).save_pretrained(tmp_path / "scheduler")
-    adapter = WanAdapter.from_pretrained(tmp_path, local_files_only=True, adapter_kwargs={"guidance_scale": 2.0, "cfg_mode": "baked"})
+    UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0).save_pretrained(
+        tmp_path / "scheduler"
+    )
+    adapter = WanAdapter.from_pretrained(
+        tmp_path, local_files_only=True, adapter_kwargs={"guidance_scale": 2.0, "cfg_mode": "baked"}
+    )
     assert adapter.guidance_scale == 2.0 and adapter.cfg_mode == "baked"
     x, t = latents(2)
     cond = wan_cond(2)
@@ -212,21 +257,29 @@ def test_from_pretrained_names_a_wrong_transformer_class(tmp_path):
         WanAdapter.from_pretrained(tmp_path, local_files_only=True)
 
 
-@pytest.mark.parametrize("scheduler", [DDIMScheduler(), UniPCMultistepScheduler(use_flow_sigmas=True)], ids=["ddim", "unipc-epsilon"])
+@pytest.mark.parametrize(
+    "scheduler", [DDIMScheduler(), UniPCMultistepScheduler(use_flow_sigmas=True)], ids=["ddim", "unipc-epsilon"]
+)
 def test_from_pretrained_refuses_a_non_flow_matching_scheduler(tmp_path, scheduler):
     tiny_wan().save_pretrained(tmp_path / "transformer")
     scheduler.save_pretrained(tmp_path / "scheduler")
     name = type(scheduler).__name__
     with pytest.raises(ValueError, match=f"{name} with prediction_type='epsilon', not a flow-matching one"):
         WanAdapter.from_pretrained(tmp_path, local_files_only=True)
-    with pytest.raises(ValueError, match="not a flow-matching one"):  # also when pointed at the transformer folder itself
+    with pytest.raises(
+        ValueError, match="not a flow-matching one"
+    ):  # also when pointed at the transformer folder itself
         WanAdapter.from_pretrained(tmp_path / "transformer", subfolder=None, local_files_only=True)
 
 
 def test_flow_matching_schedulers_are_recognized_by_prediction_type():
     assert is_flow_matching_scheduler({"_class_name": "FlowMatchEulerDiscreteScheduler"})
-    assert is_flow_matching_scheduler(dict(UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True).config))
-    assert not is_flow_matching_scheduler(dict(UniPCMultistepScheduler(use_flow_sigmas=True).config))  # eps-prediction on a flow grid
+    assert is_flow_matching_scheduler(
+        dict(UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True).config)
+    )
+    assert not is_flow_matching_scheduler(
+        dict(UniPCMultistepScheduler(use_flow_sigmas=True).config)
+    )  # eps-prediction on a flow grid
     assert not is_flow_matching_scheduler(json.loads(DDIMScheduler().to_json_string()))
 
 
@@ -249,15 +302,26 @@ def distilled_wan(transformer, alpha=4.0):
     gen = torch.Generator().manual_seed(3)
     data = [{"x0": torch.randn(2, C, F, H, W, generator=gen), **wan_cond(2, seed=i)} for i in range(3)]
     config = scfm.DistillConfig(
-        max_steps=3, lr=1e-3, lora_rank=2, lora_alpha=alpha, lora_targets=WanAdapter.default_lora_targets,
-        teacher_min=4, teacher_max=4, grad_clip=2.0, resolution_shift_prob=0.5, log_every=1, gradient_checkpointing=True,
+        max_steps=3,
+        lr=1e-3,
+        lora_rank=2,
+        lora_alpha=alpha,
+        lora_targets=WanAdapter.default_lora_targets,
+        teacher_min=4,
+        teacher_max=4,
+        grad_clip=2.0,
+        resolution_shift_prob=0.5,
+        log_every=1,
+        gradient_checkpointing=True,
     )
     return scfm.distill(adapter, data, config, progress=False)
 
 
 def test_three_step_distillation_of_tiny_wan_with_runtime_cfg_has_finite_loss():
     result = distilled_wan(tiny_wan())
-    assert result.model.transformer.gradient_checkpointing  # DistillConfig.gradient_checkpointing reached the transformer
+    assert (
+        result.model.transformer.gradient_checkpointing
+    )  # DistillConfig.gradient_checkpointing reached the transformer
     assert len(result.history) == 3 and all(math.isfinite(r["loss"]) for r in result.history)
     x = scfm.sample(result, torch.randn(1, C, F, H, W), steps=2, **wan_cond(1))
     assert x.shape == (1, C, F, H, W) and torch.isfinite(x).all()
@@ -292,7 +356,9 @@ def test_exported_lora_loads_into_wan_pipeline_with_no_missing_keys_and_the_same
         pipe.load_lora_weights(str(path.parent), weight_name=path.name)
     finally:
         logger.removeHandler(handler)
-    assert not [m for m in handler.messages if any(w in m.lower() for w in ("unexpected", "missing", "incompatible"))], handler.messages
+    assert not [
+        m for m in handler.messages if any(w in m.lower() for w in ("unexpected", "missing", "incompatible"))
+    ], handler.messages
     loaded = {n.split(".lora_")[0] for n, _ in pipe.transformer.named_parameters() if ".lora_A." in n}
     assert loaded == set(lora_factors(result))  # every distilled layer, nothing else
 
@@ -325,10 +391,20 @@ def test_encode_prompts_gives_one_row_per_prompt_and_one_negative_row(wan_dir):
 def test_generate_latents_gives_finite_normalized_x0_that_decodes_to_the_pipelines_video(wan_dir):
     pipe = load_pipe(wan_dir)
     prompts = ["a red cat", "blue sky"]
-    x0 = WanAdapter.generate_latents(pipe, prompts, PX_H, PX_W, steps=2, guidance=3.0, generator=torch.Generator().manual_seed(0))
+    x0 = WanAdapter.generate_latents(
+        pipe, prompts, PX_H, PX_W, steps=2, guidance=3.0, generator=torch.Generator().manual_seed(0)
+    )
     assert x0.shape == (2, C, F, H, W) and x0.dtype == torch.float32 and torch.isfinite(x0).all()
-    video = pipe(prompts, height=PX_H, width=PX_W, num_frames=FRAMES, num_inference_steps=2, guidance_scale=4.0, output_type="pt",
-                 generator=torch.Generator().manual_seed(0)).frames  # [B, F, 3, H, W] in [0, 1]
+    video = pipe(
+        prompts,
+        height=PX_H,
+        width=PX_W,
+        num_frames=FRAMES,
+        num_inference_steps=2,
+        guidance_scale=4.0,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(0),
+    ).frames  # [B, F, 3, H, W] in [0, 1]
     torch.testing.assert_close(WanAdapter.decode_latents(pipe, x0), video.permute(0, 2, 1, 3, 4), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="num_frames=4 must be 4k \\+ 1"):
         WanAdapter.generate_latents(pipe, prompts, PX_H, PX_W, 2, 3.0, torch.Generator(), num_frames=4)
@@ -373,8 +449,31 @@ def test_end_to_end_generate_data_distill_export_load_and_sample(wan_dir, tmp_pa
 
     (tmp_path / "prompts.txt").write_text("a red cat\na blue dog\n")
     cache, run = tmp_path / "cache", tmp_path / "run"
-    assert main(["generate-data", "--model", str(wan_dir), "--prompts", str(tmp_path / "prompts.txt"), "--out", str(cache), "--steps", "2",
-                 "--buckets", "32x32,48x32", "--dtype", "fp32", "--device", "cpu", "--local-files-only", "--shard-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "generate-data",
+                "--model",
+                str(wan_dir),
+                "--prompts",
+                str(tmp_path / "prompts.txt"),
+                "--out",
+                str(cache),
+                "--steps",
+                "2",
+                "--buckets",
+                "32x32,48x32",
+                "--dtype",
+                "fp32",
+                "--device",
+                "cpu",
+                "--local-files-only",
+                "--shard-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     entries, _ = read_index(cache)
     assert len(entries) == 4 and {e["bucket"] for e in entries} == {"32x32", "48x32"}
     for entry in entries:
@@ -385,10 +484,25 @@ def test_end_to_end_generate_data_distill_export_load_and_sample(wan_dir, tmp_pa
     assert load_safetensors(cache / SHARED_FILE)["negative_prompt_embeds"].shape == (1, 512, D)
 
     config = {
-        "teacher": f"diffusers:{wan_dir}", "data": f"cache:{cache}", "output_dir": str(run), "max_steps": 3, "batch_size": 2,
-        "lr": 1.0e-2, "lora_rank": 2, "lora_alpha": 4.0, "lora_targets": list(WAN_LORA_TARGETS), "teacher_min": 4, "teacher_max": 4,
-        "log_every": 1, "logger": "jsonl", "local_files_only": True, "final_weights": "student", "grad_clip": 2.0,
-        "resolution_shift_prob": 0.0, "cfg_mode": "runtime", "cfg_scale": 3.5,
+        "teacher": f"diffusers:{wan_dir}",
+        "data": f"cache:{cache}",
+        "output_dir": str(run),
+        "max_steps": 3,
+        "batch_size": 2,
+        "lr": 1.0e-2,
+        "lora_rank": 2,
+        "lora_alpha": 4.0,
+        "lora_targets": list(WAN_LORA_TARGETS),
+        "teacher_min": 4,
+        "teacher_max": 4,
+        "log_every": 1,
+        "logger": "jsonl",
+        "local_files_only": True,
+        "final_weights": "student",
+        "grad_clip": 2.0,
+        "resolution_shift_prob": 0.0,
+        "cfg_mode": "runtime",
+        "cfg_scale": 3.5,
     }
     (tmp_path / "config.yaml").write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in config.items()) + "\n")
     assert main(["distill", str(tmp_path / "config.yaml")]) == 0
@@ -409,5 +523,7 @@ def test_end_to_end_generate_data_distill_export_load_and_sample(wan_dir, tmp_pa
     torch.testing.assert_close(x0, scfm.sample(result, noise, steps=2, shift=3.0, **cond), atol=1e-4, rtol=1e-4)
     video = WanAdapter.decode_latents(pipe, x0)
     assert video.shape == (1, 3, FRAMES, 32, 48) and torch.isfinite(video).all()
-    latents_out = WanAdapter.generate_latents(pipe, ["a red cat"], 32, 48, steps=2, guidance=3.5, generator=torch.Generator().manual_seed(5))
+    latents_out = WanAdapter.generate_latents(
+        pipe, ["a red cat"], 32, 48, steps=2, guidance=3.5, generator=torch.Generator().manual_seed(5)
+    )
     assert latents_out.shape == (1, C, F, 4, 6) and torch.isfinite(latents_out).all()

@@ -6,7 +6,7 @@ from scfm.export import export_diffusers_lora
 from scfm.models.wan import WanAdapter
 from scfm.pipeline_sampling import load_lora, sample_pipeline
 from scfm.weights.lora import lora_named_parameters
-from test_wan import C, F, FRAMES, distilled_wan, load_pipe, wan_dir  # noqa: F401,F811  (fixture)
+from test_wan import FRAMES, C, F, distilled_wan, load_pipe, wan_dir  # noqa: F401,F811  (fixture)
 
 pytestmark = pytest.mark.diffusers
 
@@ -21,8 +21,17 @@ def test_wan_pipeline_sampling_is_scfm_euler_on_the_same_grid(wan_dir, tmp_path,
                 p.add_(0.05 * torch.randn(p.shape, generator=g))
     pipe = load_pipe(wan_dir)
     load_lora(pipe, export_diffusers_lora(result, tmp_path / "lora.safetensors"))
-    got = sample_pipeline(pipe, ["a red cat"], 2, shift=shift, generator=[torch.Generator().manual_seed(5)], height=32, width=48,
-                          guidance=4.0, output="latents")
+    got = sample_pipeline(
+        pipe,
+        ["a red cat"],
+        2,
+        shift=shift,
+        generator=[torch.Generator().manual_seed(5)],
+        height=32,
+        width=48,
+        guidance=4.0,
+        output="latents",
+    )
     cond = WanAdapter.encode_prompts(pipe, ["a red cat"], "cpu")
     noise = torch.randn(1, C, F, 4, 6, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(got, scfm.sample(result, noise, steps=2, shift=shift, **cond), atol=1e-4, rtol=1e-4)
@@ -37,11 +46,54 @@ def test_wan_previews_and_sample_cli_write_frame_strips(wan_dir, tmp_path):  # n
     from scfm.cli import main
 
     (tmp_path / "p.txt").write_text("a red cat\n")
-    assert main(["generate-data", "--model", str(wan_dir), "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "c"), "--steps", "2",
-                 "--buckets", "48x32", "--dtype", "fp32", "--device", "cpu", "--local-files-only", "--previews"]) == 0
+    assert (
+        main(
+            [
+                "generate-data",
+                "--model",
+                str(wan_dir),
+                "--prompts",
+                str(tmp_path / "p.txt"),
+                "--out",
+                str(tmp_path / "c"),
+                "--steps",
+                "2",
+                "--buckets",
+                "48x32",
+                "--dtype",
+                "fp32",
+                "--device",
+                "cpu",
+                "--local-files-only",
+                "--previews",
+            ]
+        )
+        == 0
+    )
     with Image.open(next((tmp_path / "c" / "previews").glob("*.png"))) as im:
         assert im.size == (48 * FRAMES, 32)
-    assert main(["sample", "--model", str(wan_dir), "--prompt", "a cat", "--steps", "2", "--height", "32", "--width", "48",
-                 "--out", str(tmp_path / "s.png"), "--local-files-only", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(wan_dir),
+                "--prompt",
+                "a cat",
+                "--steps",
+                "2",
+                "--height",
+                "32",
+                "--width",
+                "48",
+                "--out",
+                str(tmp_path / "s.png"),
+                "--local-files-only",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     with Image.open(tmp_path / "s.png") as im:
         assert im.size == (48 * FRAMES, 32)

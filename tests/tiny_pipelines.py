@@ -65,7 +65,9 @@ def write_tiny_clip_tokenizer(directory: str | Path) -> Path:
         vocab[ch + "</w>"] = len(vocab)
     (directory / "vocab.json").write_text(json.dumps(vocab))
     (directory / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt"), model_max_length=CLIP_MAX_LENGTH)
+    tok = CLIPTokenizer(
+        vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt"), model_max_length=CLIP_MAX_LENGTH
+    )
     tok.save_pretrained(directory)
     return directory
 
@@ -103,9 +105,17 @@ def _clip_encoder(cls_name: str, seed: int):
 
     torch.manual_seed(seed)
     config = transformers.CLIPTextConfig(
-        vocab_size=clip_vocab_size(), hidden_size=CLIP_WIDTH, intermediate_size=37, num_attention_heads=4,
-        num_hidden_layers=2, max_position_embeddings=CLIP_MAX_LENGTH, projection_dim=CLIP_WIDTH,
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_act="gelu",
+        vocab_size=clip_vocab_size(),
+        hidden_size=CLIP_WIDTH,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=CLIP_MAX_LENGTH,
+        projection_dim=CLIP_WIDTH,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_act="gelu",
     )
     return getattr(transformers, cls_name)(config).eval()
 
@@ -115,8 +125,16 @@ def _t5_encoder(seed: int, width: int, layers: int):
 
     torch.manual_seed(seed)
     config = T5Config(
-        vocab_size=len(t5_vocab()), d_model=width, d_ff=2 * width, d_kv=8, num_layers=layers, num_heads=4,
-        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        vocab_size=len(t5_vocab()),
+        d_model=width,
+        d_ff=2 * width,
+        d_kv=8,
+        num_layers=layers,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
     )
     return T5EncoderModel(config).eval()
 
@@ -126,9 +144,19 @@ def _vae(seed: int, shift_factor: float, scaling_factor: float):
 
     torch.manual_seed(seed)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16), layers_per_block=1, latent_channels=LATENT_CHANNELS, norm_num_groups=4, sample_size=32,
-        shift_factor=shift_factor, scaling_factor=scaling_factor, use_quant_conv=False, use_post_quant_conv=False,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=LATENT_CHANNELS,
+        norm_num_groups=4,
+        sample_size=32,
+        shift_factor=shift_factor,
+        scaling_factor=scaling_factor,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
     ).eval()
 
 
@@ -136,7 +164,9 @@ def _tokenizers(root: Path) -> tuple[Path, Path]:
     return write_tiny_clip_tokenizer(root / "_clip_tokenizer"), write_tiny_t5_tokenizer(root / "_t5_tokenizer")
 
 
-def build_tiny_flux_pipeline(root: str | Path, guidance_embeds: bool = True, t5_width: int = T5_WIDTH, t5_layers: int = 2, seed: int = 0) -> Path:
+def build_tiny_flux_pipeline(
+    root: str | Path, guidance_embeds: bool = True, t5_width: int = T5_WIDTH, t5_layers: int = 2, seed: int = 0
+) -> Path:
     """Save a random ``FluxPipeline`` (guidance-distilled like FLUX.1-dev by default) to ``root/tiny-flux``.
 
     Transformer: 1 double + 1 single block, 2 heads of 16, in_channels 16 (4 latent channels
@@ -151,13 +181,25 @@ def build_tiny_flux_pipeline(root: str | Path, guidance_embeds: bool = True, t5_
     clip_dir, t5_dir = _tokenizers(root / "_flux_tok")
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=t5_width, pooled_projection_dim=CLIP_WIDTH,
-        guidance_embeds=guidance_embeds, axes_dims_rope=(4, 6, 6),
+        patch_size=1,
+        in_channels=4 * LATENT_CHANNELS,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=t5_width,
+        pooled_projection_dim=CLIP_WIDTH,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=(4, 6, 6),
     ).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-        base_image_seq_len=256, max_image_seq_len=4096,
+        num_train_timesteps=1000,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
     )
     pipe = FluxPipeline(
         scheduler=scheduler,
@@ -172,7 +214,9 @@ def build_tiny_flux_pipeline(root: str | Path, guidance_embeds: bool = True, t5_
     return out
 
 
-def build_tiny_sd3_pipeline(root: str | Path, t5_width: int = 2 * CLIP_WIDTH, t5_layers: int = 2, seed: int = 0) -> Path:
+def build_tiny_sd3_pipeline(
+    root: str | Path, t5_width: int = 2 * CLIP_WIDTH, t5_layers: int = 2, seed: int = 0
+) -> Path:
     """Save a random ``StableDiffusion3Pipeline`` to ``root/tiny-sd3`` and return the folder.
 
     Transformer: 1 joint block, patch 2, 4 heads of 8, joint_attention_dim = ``t5_width``
@@ -183,15 +227,25 @@ def build_tiny_sd3_pipeline(root: str | Path, t5_width: int = 2 * CLIP_WIDTH, t5
     from transformers import CLIPTokenizer, T5TokenizerFast
 
     if t5_width < 2 * CLIP_WIDTH:
-        raise ValueError(f"t5_width={t5_width} must be >= {2 * CLIP_WIDTH} (SD3 pads the concatenated CLIP embeddings to the T5 width)")
+        raise ValueError(
+            f"t5_width={t5_width} must be >= {2 * CLIP_WIDTH} (SD3 pads the concatenated CLIP embeddings to the T5 width)"
+        )
     root = Path(root)
     out = root / "tiny-sd3"
     clip_dir, t5_dir = _tokenizers(root / "_sd3_tok")
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
-        sample_size=16, patch_size=2, in_channels=LATENT_CHANNELS, num_layers=1, attention_head_dim=8, num_attention_heads=4,
-        caption_projection_dim=32, joint_attention_dim=t5_width, pooled_projection_dim=2 * CLIP_WIDTH,
-        out_channels=LATENT_CHANNELS, pos_embed_max_size=32,
+        sample_size=16,
+        patch_size=2,
+        in_channels=LATENT_CHANNELS,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=t5_width,
+        pooled_projection_dim=2 * CLIP_WIDTH,
+        out_channels=LATENT_CHANNELS,
+        pos_embed_max_size=32,
     ).eval()
     pipe = StableDiffusion3Pipeline(
         transformer=transformer,
@@ -234,22 +288,51 @@ def build_tiny_wan_pipeline(root: str | Path, t5_width: int = T5_WIDTH, seed: in
     t5_dir = write_tiny_t5_tokenizer(root / "_wan_tok")
     torch.manual_seed(seed)
     transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=WAN_LATENT_CHANNELS,
-        out_channels=WAN_LATENT_CHANNELS, text_dim=t5_width, freq_dim=16, ffn_dim=32, num_layers=1, rope_max_seq_len=32,
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=WAN_LATENT_CHANNELS,
+        out_channels=WAN_LATENT_CHANNELS,
+        text_dim=t5_width,
+        freq_dim=16,
+        ffn_dim=32,
+        num_layers=1,
+        rope_max_seq_len=32,
     ).eval()
     torch.manual_seed(seed + 1)
     vae = AutoencoderKLWan(
-        base_dim=4, z_dim=WAN_LATENT_CHANNELS, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
-        latents_mean=list(WAN_LATENTS_MEAN), latents_std=list(WAN_LATENTS_STD),
+        base_dim=4,
+        z_dim=WAN_LATENT_CHANNELS,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=list(WAN_LATENTS_MEAN),
+        latents_std=list(WAN_LATENTS_STD),
     ).eval()
     torch.manual_seed(seed + 2)
-    text_encoder = UMT5EncoderModel(UMT5Config(
-        vocab_size=len(t5_vocab()), d_model=t5_width, d_ff=2 * t5_width, d_kv=8, num_layers=1, num_heads=4,
-        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-    )).eval()
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift, num_train_timesteps=1000)
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(t5_vocab()),
+            d_model=t5_width,
+            d_ff=2 * t5_width,
+            d_kv=8,
+            num_layers=1,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+    ).eval()
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift, num_train_timesteps=1000
+    )
     pipe = WanPipeline(
-        tokenizer=T5TokenizerFast.from_pretrained(t5_dir), text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer,
+        tokenizer=T5TokenizerFast.from_pretrained(t5_dir),
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=scheduler,
+        transformer=transformer,
     )
     pipe.save_pretrained(out)
     return out

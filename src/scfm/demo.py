@@ -27,8 +27,8 @@ from scfm.fileio import atomic_write_json, atomic_write_text
 from scfm.models.builtin import load_shipped_teacher
 from scfm.presets import digits_config
 from scfm.train.loop import distill
-from scfm.weights.switch import WeightSwitch
 from scfm.weights.lora import lora_named_parameters
+from scfm.weights.switch import WeightSwitch
 
 STEP_COUNTS = (1, 2, 3, 4, 8)
 TEACHER_REFERENCE_STEPS = 32
@@ -68,16 +68,29 @@ def acceptance_checks(rows: list[dict]) -> list[dict]:
     checks = [
         ("student 4-step FD <= 1.25 x teacher 32-step FD", s[4]["fd"], 1.25 * ref),
         ("student 2-step FD <= 2 x teacher 32-step FD", s[2]["fd"], 2 * ref),
-        ("student 1-step FD <= 0.25 x teacher 1-step Euler FD", s[1]["fd"], 0.25 * _find(rows, "teacher", "euler", 1)["fd"]),
+        (
+            "student 1-step FD <= 0.25 x teacher 1-step Euler FD",
+            s[1]["fd"],
+            0.25 * _find(rows, "teacher", "euler", 1)["fd"],
+        ),
     ]
     out = [{"check": name, "value": round(v, 4), "bound": round(b, 4), "pass": v <= b} for name, v, b in checks]
     for nfe in (1, 2, 3, 4):
         student = s[nfe]["fd"]
         rivals = [r for r in rows if r["model"] == "teacher" and r["solver"] in ("heun", "dpmpp2m") and r["nfe"] == nfe]
         for r in rivals:
-            out.append({"check": f"student beats teacher {r['solver']} at NFE {nfe}", "value": student, "bound": r["fd"], "pass": student < r["fd"]})
+            out.append(
+                {
+                    "check": f"student beats teacher {r['solver']} at NFE {nfe}",
+                    "value": student,
+                    "bound": r["fd"],
+                    "pass": student < r["fd"],
+                }
+            )
     acc = min(s[n]["class_acc"] for n in STEP_COUNTS if n >= 2)
-    out.append({"check": "student class accuracy >= 0.97 at 2+ steps", "value": acc, "bound": 0.97, "pass": acc >= 0.97})
+    out.append(
+        {"check": "student class accuracy >= 0.97 at 2+ steps", "value": acc, "bound": 0.97, "pass": acc >= 0.97}
+    )
     return out
 
 
@@ -92,23 +105,40 @@ def calibrate_demo_scales(result, evaluator: DigitsEvaluator, samples: int) -> S
 
 
 def _scale_lines(calibration: ScaleCalibration) -> list[str]:
-    lines = ["LoRA scale per step count, chosen on calibration noise (seed "
-             f"{CALIBRATION_SEED}, not the evaluation noise) by FD to the training digits:", "",
-             "| steps | scale | FD at the scales tried |", "|---|---|---|"]
+    lines = [
+        "LoRA scale per step count, chosen on calibration noise (seed "
+        f"{CALIBRATION_SEED}, not the evaluation noise) by FD to the training digits:",
+        "",
+        "| steps | scale | FD at the scales tried |",
+        "|---|---|---|",
+    ]
     for n, tried in calibration.tried.items():
-        lines.append(f"| {n} | {calibration.scales[n]:g} | " + ", ".join(f"{s:g}: {d:.3f}" for s, d in tried.items()) + " |")
+        lines.append(
+            f"| {n} | {calibration.scales[n]:g} | " + ", ".join(f"{s:g}: {d:.3f}" for s, d in tried.items()) + " |"
+        )
     return lines + [""]
 
 
 def _write_report(out: Path, rows: list[dict], checks: list[dict], info: dict, calibration: ScaleCalibration) -> None:
-    lines = ["# scfm demo report", "", f"Machine: {info['machine']}. Training {info['train_seconds']:.0f} s "
-             f"({info['config']['max_steps']} steps, batch {info['config']['batch_size']}), total {info['total_seconds']:.0f} s.",
-             f"FD floor (360 held-out real digits vs train): {info['fd_floor']:.3f}.", "",
-             "| model | solver | steps | NFE | FD | class acc | LoRA scale |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['solver']} | {r['steps']} | {r['nfe']} | {r['fd']:.3f} | {r['class_acc']:.3f} | {r.get('lora_scale', '')} |" for r in rows]
+    lines = [
+        "# scfm demo report",
+        "",
+        f"Machine: {info['machine']}. Training {info['train_seconds']:.0f} s "
+        f"({info['config']['max_steps']} steps, batch {info['config']['batch_size']}), total {info['total_seconds']:.0f} s.",
+        f"FD floor (360 held-out real digits vs train): {info['fd_floor']:.3f}.",
+        "",
+        "| model | solver | steps | NFE | FD | class acc | LoRA scale |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['model']} | {r['solver']} | {r['steps']} | {r['nfe']} | {r['fd']:.3f} | {r['class_acc']:.3f} | {r.get('lora_scale', '')} |"
+        for r in rows
+    ]
     lines += [""] + _scale_lines(calibration)
     lines += ["| check | value | bound | pass |", "|---|---|---|---|"]
-    lines += [f"| {c['check']} | {c['value']:.4g} | {c['bound']:.4g} | {'yes' if c['pass'] else 'NO'} |" for c in checks]
+    lines += [
+        f"| {c['check']} | {c['value']:.4g} | {c['bound']:.4g} | {'yes' if c['pass'] else 'NO'} |" for c in checks
+    ]
     lines += ["", "Files: `metrics.json`, `fd_vs_steps.png`, `grid_steps{n}.png`, `training.png`, `lora/`.", ""]
     atomic_write_text(out / "report.md", "\n".join(lines))
 
@@ -129,7 +159,9 @@ def _plot_training(history: list[dict], path: Path) -> None:
     _save_figure(fig, path)
 
 
-def run_demo(out: str | Path, max_steps: int | None = None, eval_samples: int = 1000, seed: int = 0, progress: bool = True) -> dict:
+def run_demo(
+    out: str | Path, max_steps: int | None = None, eval_samples: int = 1000, seed: int = 0, progress: bool = True
+) -> dict:
     """Run the whole demo; returns the ``metrics.json`` content."""
     out = Path(out)
     start = time.perf_counter()
@@ -140,32 +172,60 @@ def run_demo(out: str | Path, max_steps: int | None = None, eval_samples: int = 
     evaluator = DigitsEvaluator()
     evalset = DigitsEvalSet.make(eval_samples)
     t0 = time.perf_counter()
-    result = distill(teacher, digits_batches(config.batch_size, torch.Generator().manual_seed(seed)), config, progress=progress)
+    result = distill(
+        teacher, digits_batches(config.batch_size, torch.Generator().manual_seed(seed)), config, progress=progress
+    )
     train_seconds = time.perf_counter() - t0
     teacher_view = _TeacherView(result.model)
     calibration = calibrate_demo_scales(result, evaluator, eval_samples)
     result.lora_scales = dict(calibration.scales)
     rows = score_rows(teacher_view, "teacher", teacher_plan(), evalset, evaluator)
-    rows += [{**r, "lora_scale": result.lora_scales[r["steps"]]}  # sample() uses the calibrated scale for each n
-             for r in score_rows(result, "student", student_plan(), evalset, evaluator)]
-    rows += [{**r, "lora_scale": 1.0} for r in score_rows(result, "student_scale1", student_plan(), evalset, evaluator, lora_scale=1.0)]
+    rows += [
+        {**r, "lora_scale": result.lora_scales[r["steps"]]}  # sample() uses the calibrated scale for each n
+        for r in score_rows(result, "student", student_plan(), evalset, evaluator)
+    ]
+    rows += [
+        {**r, "lora_scale": 1.0}
+        for r in score_rows(result, "student_scale1", student_plan(), evalset, evaluator, lora_scale=1.0)
+    ]
     result.save(out / "lora")
     for n in STEP_COUNTS:
         pick = slice(0, evalset.noise.shape[0], max(1, evalset.noise.shape[0] // 20))
         small = DigitsEvalSet(evalset.noise[pick], evalset.labels[pick])
-        save_comparison_grid([(f"teacher euler {n}", sample_digits(teacher_view, small, n)), (f"student euler {n}", sample_digits(result, small, n))], out / f"grid_steps{n}.png")
+        save_comparison_grid(
+            [
+                (f"teacher euler {n}", sample_digits(teacher_view, small, n)),
+                (f"student euler {n}", sample_digits(result, small, n)),
+            ],
+            out / f"grid_steps{n}.png",
+        )
     floor = evaluator.fd_floor()
     plot_quality_vs_steps(rows, out / "fd_vs_steps.png", floor=floor)
     _plot_training(result.history, out / "training.png")
     checks = acceptance_checks(rows)
-    info = {"machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads, torch {torch.__version__}".strip(),
-            "fd_floor": floor, "train_seconds": train_seconds, "total_seconds": time.perf_counter() - start,
-            "config": config.to_dict(), "eval_samples": int(evalset.noise.shape[0])}
-    metrics = {"rows": rows, "checks": checks, "fd_floor": round(floor, 4), "train_seconds": round(train_seconds, 1),
-               "total_seconds": round(info["total_seconds"], 1), "eval_samples": info["eval_samples"], "machine": info["machine"],
-               "config": info["config"], "lora_scales": {str(n): v for n, v in calibration.scales.items()},
-               "calibration": {str(n): {f"{k:g}": round(v, 4) for k, v in tried.items()} for n, tried in calibration.tried.items()},
-               "history": result.history}
+    info = {
+        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads, torch {torch.__version__}".strip(),
+        "fd_floor": floor,
+        "train_seconds": train_seconds,
+        "total_seconds": time.perf_counter() - start,
+        "config": config.to_dict(),
+        "eval_samples": int(evalset.noise.shape[0]),
+    }
+    metrics = {
+        "rows": rows,
+        "checks": checks,
+        "fd_floor": round(floor, 4),
+        "train_seconds": round(train_seconds, 1),
+        "total_seconds": round(info["total_seconds"], 1),
+        "eval_samples": info["eval_samples"],
+        "machine": info["machine"],
+        "config": info["config"],
+        "lora_scales": {str(n): v for n, v in calibration.scales.items()},
+        "calibration": {
+            str(n): {f"{k:g}": round(v, 4) for k, v in tried.items()} for n, tried in calibration.tried.items()
+        },
+        "history": result.history,
+    }
     atomic_write_json(out / "metrics.json", metrics)
     _write_report(out, rows, checks, info, calibration)
     return metrics

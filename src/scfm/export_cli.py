@@ -48,7 +48,9 @@ def read_run_config(run_dir: str | Path) -> DistillConfig:
         )
     config = DistillConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text())["config"])
     if not config.teacher.startswith("diffusers:"):
-        raise ValueError(f"run {str(run_dir)!r} distilled teacher={config.teacher!r}; export/sample handle diffusers runs (teacher: diffusers:<model>) only")
+        raise ValueError(
+            f"run {str(run_dir)!r} distilled teacher={config.teacher!r}; export/sample handle diffusers runs (teacher: diffusers:<model>) only"
+        )
     return config
 
 
@@ -66,7 +68,9 @@ def load_run(run_dir: str | Path, weights: str = "slow_ema", model_dtype: str | 
     if weights in result.weights:
         result.use_weights(weights)
     elif weights != config.final_weights:
-        raise ValueError(f"run {str(run_dir)!r} has no {weights} LoRA file; available: {sorted(result.weights) or [config.final_weights]}")
+        raise ValueError(
+            f"run {str(run_dir)!r} has no {weights} LoRA file; available: {sorted(result.weights) or [config.final_weights]}"
+        )
     return result, config
 
 
@@ -74,7 +78,14 @@ def _file_target(out: Path, default_name: str) -> Path:
     return out if out.suffix == ".safetensors" else out / default_name
 
 
-def export_run(run_dir: str | Path, fmt: str, out: str | Path, weights: str = "slow_ema", dtype: str | None = None, lora_scale: float = 1.0) -> Path:
+def export_run(
+    run_dir: str | Path,
+    fmt: str,
+    out: str | Path,
+    weights: str = "slow_ema",
+    dtype: str | None = None,
+    lora_scale: float = 1.0,
+) -> Path:
     """Write the run's LoRA copy ``weights`` in format ``fmt``; returns the written file or folder.
 
     - ``diffusers``: ``out`` (a .safetensors path, or a folder that gets ``pytorch_lora_weights.safetensors``),
@@ -93,7 +104,9 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, weights: str = "s
     out = Path(out)
     if fmt == "fused":
         if out.suffix == ".safetensors":
-            raise ValueError(f"--out {str(out)!r}: the fused format writes a transformer FOLDER (config.json + safetensors); pass a folder path")
+            raise ValueError(
+                f"--out {str(out)!r}: the fused format writes a transformer FOLDER (config.json + safetensors); pass a folder path"
+            )
         result, config = load_run(run_dir, weights, model_dtype=dtype)
         transformer = result.fuse(lora_scale).transformer
         target = DTYPES[dtype or config.model_dtype]
@@ -129,9 +142,11 @@ class SampleRequest:
     device: str = "auto"
     local_files_only: bool = False
 
-    def validate(self) -> "SampleRequest":
+    def validate(self) -> SampleRequest:
         if (self.run is None) == (self.model is None):
-            raise ValueError("give exactly one of --run RUN_DIR or --model PATH_OR_ID (with --lora FILE, or none for the teacher)")
+            raise ValueError(
+                "give exactly one of --run RUN_DIR or --model PATH_OR_ID (with --lora FILE, or none for the teacher)"
+            )
         if self.run is not None and self.lora is not None:
             raise ValueError("--lora goes with --model; --run uses the run's own LoRA (choose it with --weights)")
         if not self.prompts:
@@ -151,13 +166,20 @@ def sample_cli(req: SampleRequest) -> list[Path]:
     from scfm.pipeline_sampling import load_lora, sample_pipeline, save_png
 
     req.validate()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if req.device == "auto" else torch.device(req.device)
+    device = (
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if req.device == "auto"
+        else torch.device(req.device)
+    )
     dtype = DTYPES[req.dtype] if req.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     with tempfile.TemporaryDirectory(prefix="scfm-sample-") as tmp:
         model, local_only, lora = req.model, req.local_files_only, req.lora
         if req.run is not None:
             config = read_run_config(req.run)
-            model, local_only = config.teacher.removeprefix("diffusers:").strip(), config.local_files_only or req.local_files_only
+            model, local_only = (
+                config.teacher.removeprefix("diffusers:").strip(),
+                config.local_files_only or req.local_files_only,
+            )
             lora = export_run(req.run, "diffusers", Path(tmp) / DIFFUSERS_WEIGHT_NAME, weights=req.weights)
         pipe, _ = load_pipeline(model, torch_dtype=dtype, local_files_only=local_only)
         pipe.to(device)
@@ -165,11 +187,24 @@ def sample_cli(req: SampleRequest) -> list[Path]:
             load_lora(pipe, lora)
         generators = [torch.Generator().manual_seed(req.seed + i) for i in range(len(req.prompts))]
         images = sample_pipeline(
-            pipe, req.prompts, req.steps, lora_scale=req.lora_scale, shift=req.shift, generator=generators,
-            height=req.height, width=req.width, guidance=req.guidance,
+            pipe,
+            req.prompts,
+            req.steps,
+            lora_scale=req.lora_scale,
+            shift=req.shift,
+            generator=generators,
+            height=req.height,
+            width=req.width,
+            guidance=req.guidance,
         )
     out = Path(req.out)
-    paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}") for i in range(len(images))]
+    paths = (
+        [out]
+        if len(images) == 1
+        else [out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}") for i in range(len(images))]
+    )
     for image, path in zip(images, paths):
-        save_png(image if image.dim() == 3 else torch.cat(list(image), dim=-1), path)  # a video [F, 3, H, W]: frames side by side
+        save_png(
+            image if image.dim() == 3 else torch.cat(list(image), dim=-1), path
+        )  # a video [F, 3, H, W]: frames side by side
     return paths

@@ -72,11 +72,20 @@ def identity_sigma_scheduler(pipe: Any, sigmas: list[float] | None = None) -> It
 
     saved = pipe.scheduler
     if not is_flow_matching_scheduler(saved.config):
-        raise ValueError(f"pipe.scheduler is a {type(saved).__name__}; scfm samples flow-matching pipelines (FlowMatch*Scheduler or prediction_type='flow_prediction')")
+        raise ValueError(
+            f"pipe.scheduler is a {type(saved).__name__}; scfm samples flow-matching pipelines (FlowMatch*Scheduler or prediction_type='flow_prediction')"
+        )
     if "FlowMatch" in type(saved).__name__:
         euler = FlowMatchEulerDiscreteScheduler.from_config(
-            saved.config, use_dynamic_shifting=False, shift=1.0, shift_terminal=None, use_karras_sigmas=False,
-            use_exponential_sigmas=False, use_beta_sigmas=False, invert_sigmas=False, stochastic_sampling=False,
+            saved.config,
+            use_dynamic_shifting=False,
+            shift=1.0,
+            shift_terminal=None,
+            use_karras_sigmas=False,
+            use_exponential_sigmas=False,
+            use_beta_sigmas=False,
+            invert_sigmas=False,
+            stochastic_sampling=False,
         )
     else:
         euler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=saved.config.num_train_timesteps, shift=1.0)
@@ -159,9 +168,15 @@ def sample_pipeline(
     params = inspect.signature(type(pipe).__call__).parameters
     sigmas = time_grid(steps, shift, dtype=torch.float64)[:-1].tolist()  # the scheduler appends t = 0
     kwargs: dict[str, Any] = dict(
-        prompt=list(prompts), height=height, width=width, num_inference_steps=steps, generator=generator,
-        output_type="latent" if output == "latents" else "pt", return_dict=False,
-        **lora_scale_kwargs(pipe, lora_scale), **pipeline_guidance_kwargs(name, guidance),
+        prompt=list(prompts),
+        height=height,
+        width=width,
+        num_inference_steps=steps,
+        generator=generator,
+        output_type="latent" if output == "latents" else "pt",
+        return_dict=False,
+        **lora_scale_kwargs(pipe, lora_scale),
+        **pipeline_guidance_kwargs(name, guidance),
     )
     if "num_frames" in params:
         from scfm.models.adapters import get_adapter
@@ -203,7 +218,9 @@ def load_lora(pipe: Any, path: str | os.PathLike, adapter_name: str = LORA_ADAPT
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"LoRA file {str(path)!r} does not exist; write one with scfm export --format diffusers")
+        raise FileNotFoundError(
+            f"LoRA file {str(path)!r} does not exist; write one with scfm export --format diffusers"
+        )
     in_file = {k.removeprefix("transformer.").rsplit(".lora_", 1)[0] for k in load_safetensors(path) if ".lora_" in k}
     logger = diffusers_logging.get_logger("diffusers")
     handler = _Collect()

@@ -37,7 +37,9 @@ def _velocity(model: Callable[..., torch.Tensor], x: torch.Tensor, t: float, con
     return model(x, torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype), **cond)
 
 
-def euler(model: Callable[..., torch.Tensor], x: torch.Tensor, grid: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
+def euler(
+    model: Callable[..., torch.Tensor], x: torch.Tensor, grid: torch.Tensor, cond: dict[str, Any]
+) -> torch.Tensor:
     """``x_{i+1} = x_i + (t_{i+1} - t_i) v(x_i, t_i)`` over ``grid`` [n + 1] (a Python-float loop)."""
     ts = grid.tolist()
     for t_now, t_next in zip(ts[:-1], ts[1:]):
@@ -63,7 +65,9 @@ def _lam(t: float) -> float:
     return math.log((1.0 - t) / t)
 
 
-def dpmpp2m(model: Callable[..., torch.Tensor], x: torch.Tensor, grid: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
+def dpmpp2m(
+    model: Callable[..., torch.Tensor], x: torch.Tensor, grid: torch.Tensor, cond: dict[str, Any]
+) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al., 2022) in data prediction ``x0 = x - t v``; first and final
     steps are first order (the final one lands on the data prediction)."""
     ts = grid.tolist()
@@ -82,8 +86,13 @@ def dpmpp2m(model: Callable[..., torch.Tensor], x: torch.Tensor, grid: torch.Ten
     return x
 
 
-def consistency(model: Callable[..., torch.Tensor], x: torch.Tensor, grid: torch.Tensor, cond: dict[str, Any],
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def consistency(
+    model: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    grid: torch.Tensor,
+    cond: dict[str, Any],
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Multistep consistency sampling (the LCM sampler): at each grid point take the implied
     data ``x0 = x - t v`` and re-noise it to the next point with fresh noise from
     ``generator`` (on x's device; seeded 0 when None). One step is an Euler step."""
@@ -128,7 +137,8 @@ def sample(
         lora_scale = getattr(model, "lora_scales", {}).get(steps)
     scale_ctx = nullcontext()
     if lora_scale is not None:
-        from scfm.weights.lora import has_lora, lora_scale as scaled
+        from scfm.weights.lora import has_lora
+        from scfm.weights.lora import lora_scale as scaled
 
         if not isinstance(module, nn.Module) or not has_lora(module):
             raise ValueError("lora_scale was given but the model has no LoRA layers")

@@ -40,16 +40,26 @@ class CacheBatches(GeneratorSource):
         guidance_range: (low, high) to add ``"guidance"`` [B] ~ U[low, high]; None to omit it.
     """
 
-    def __init__(self, cache_dir: str | os.PathLike, batch_size: int, seed: int = 0, guidance_range: tuple[float, float] | None = None) -> None:
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike,
+        batch_size: int,
+        seed: int = 0,
+        guidance_range: tuple[float, float] | None = None,
+    ) -> None:
         super().__init__(batch_size, seed)
         self.cache_dir = Path(cache_dir)
         self.meta = read_meta(self.cache_dir)
         entries, _ = read_index(self.cache_dir)
         if not entries:
-            raise ValueError(f"teacher cache {str(self.cache_dir)!r} has no samples in {INDEX_FILE}; run scfm generate-data --out {self.cache_dir} to fill it")
+            raise ValueError(
+                f"teacher cache {str(self.cache_dir)!r} has no samples in {INDEX_FILE}; run scfm generate-data --out {self.cache_dir} to fill it"
+            )
         missing = sorted({e["shard"] for e in entries if not (self.cache_dir / e["shard"]).is_file()})
         if missing:
-            raise ValueError(f"teacher cache {str(self.cache_dir)!r} lists shards that do not exist ({missing[:3]}); rerun scfm generate-data on it to repair")
+            raise ValueError(
+                f"teacher cache {str(self.cache_dir)!r} lists shards that do not exist ({missing[:3]}); rerun scfm generate-data on it to repair"
+            )
         rows: dict[str, list[tuple[str, int]]] = defaultdict(list)
         for entry in entries:
             rows[entry["bucket"]].append((entry["shard"], int(entry["row"])))
@@ -86,7 +96,7 @@ class CacheBatches(GeneratorSource):
         for shard, row in picks:
             handle = self._shard(shard)
             for key in self.keys:
-                out[key].append(handle.get_slice(key)[row:row + 1])
+                out[key].append(handle.get_slice(key)[row : row + 1])
         return {key: torch.cat(values) for key, values in out.items()}
 
     def next_batch(self) -> dict[str, torch.Tensor]:

@@ -55,7 +55,15 @@ SHARED_PREFIX = "negative_"
 """cond keys with this prefix have one row shared by all samples (stored once in shared.safetensors)."""
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-MATCH_KEYS = {"model": "--model", "adapter": "--model", "mode": "--prompts/--images", "steps": "--steps", "guidance": "--guidance", "dtype": "--dtype", "seed": "--seed"}
+MATCH_KEYS = {
+    "model": "--model",
+    "adapter": "--model",
+    "mode": "--prompts/--images",
+    "steps": "--steps",
+    "guidance": "--guidance",
+    "dtype": "--dtype",
+    "seed": "--seed",
+}
 """meta.json fields that must equal this run's settings to extend a cache, with the flag that sets them."""
 
 
@@ -97,7 +105,9 @@ def check_buckets(buckets: Sequence[Bucket], multiple: int | None, model: str) -
     for b in buckets:
         if b.width % multiple or b.height % multiple:
             fix = f"{max(multiple, round(b.width / multiple) * multiple)}x{max(multiple, round(b.height / multiple) * multiple)}"
-            raise ValueError(f"bucket {b.name}: {model} needs width and height divisible by {multiple} (VAE downsampling x patch size); use e.g. {fix}")
+            raise ValueError(
+                f"bucket {b.name}: {model} needs width and height divisible by {multiple} (VAE downsampling x patch size); use e.g. {fix}"
+            )
 
 
 @dataclass(frozen=True)
@@ -119,11 +129,15 @@ def read_prompts(path: str | os.PathLike, keys: Sequence[str] = ("prompt",)) -> 
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"prompt file {str(path)!r} does not exist; pass a .txt (one prompt per line) or .jsonl file with --prompts")
+        raise FileNotFoundError(
+            f"prompt file {str(path)!r} does not exist; pass a .txt (one prompt per line) or .jsonl file with --prompts"
+        )
     entries: list[PromptEntry] = []
     jsonl = path.suffix.lower() == ".jsonl"
     names = [f'"{k}"' for k in keys]
-    fields = names[0] + (f" (or {' / '.join(names[1:])})" if len(names) > 1 else "")  # '"prompt" (or "caption" / "text")'
+    fields = names[0] + (
+        f" (or {' / '.join(names[1:])})" if len(names) > 1 else ""
+    )  # '"prompt" (or "caption" / "text")'
     for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         line = raw.strip()
         if not line:
@@ -134,13 +148,15 @@ def read_prompts(path: str | os.PathLike, keys: Sequence[str] = ("prompt",)) -> 
         try:
             item = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}); each line must be like {{\"prompt\": \"a cat\", \"seed\": 3}}") from None
+            raise ValueError(
+                f'{path}:{number}: not valid JSON ({err.msg}); each line must be like {{"prompt": "a cat", "seed": 3}}'
+            ) from None
         text = next((item[k] for k in keys if k in item), None) if isinstance(item, dict) else None
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{path}:{number}: needs a non-empty string field {fields} (got {line[:80]!r})")
         seed = item.get("seed")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-            raise ValueError(f"{path}:{number}: \"seed\" must be a non-negative integer, got {seed!r}")
+            raise ValueError(f'{path}:{number}: "seed" must be a non-negative integer, got {seed!r}')
         entries.append(PromptEntry(text.strip(), seed, number))
     if not entries:
         raise ValueError(f"prompt file {str(path)!r} holds no prompt (only blank lines)")
@@ -158,10 +174,14 @@ def list_image_pairs(folder: str | os.PathLike) -> list[tuple[Path, str]]:
     stems = [p.stem for p in images]
     clashes = sorted({p.name for p in images if stems.count(p.stem) > 1})
     if clashes:
-        raise ValueError(f"images {clashes[:4]} in {str(folder)!r} share a file stem, so they would share a caption and a sample id; rename them")
+        raise ValueError(
+            f"images {clashes[:4]} in {str(folder)!r} share a file stem, so they would share a caption and a sample id; rename them"
+        )
     missing = [p.name for p in images if not p.with_suffix(".txt").is_file()]
     if missing:
-        raise ValueError(f"image(s) {missing[:5]} in {str(folder)!r} have no caption: add a same-stem .txt file (e.g. {Path(missing[0]).stem}.txt) holding the prompt")
+        raise ValueError(
+            f"image(s) {missing[:5]} in {str(folder)!r} have no caption: add a same-stem .txt file (e.g. {Path(missing[0]).stem}.txt) holding the prompt"
+        )
     pairs = []
     for p in images:
         caption = p.with_suffix(".txt").read_text(encoding="utf-8").strip()
@@ -197,7 +217,9 @@ def derived_seed(*parts: Any) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def plan_prompt_samples(prompts: Sequence[PromptEntry], buckets: Sequence[Bucket], per_prompt: int, seed: int) -> list[SampleSpec]:
+def plan_prompt_samples(
+    prompts: Sequence[PromptEntry], buckets: Sequence[Bucket], per_prompt: int, seed: int
+) -> list[SampleSpec]:
     """Every (bucket, prompt, repeat) sample, bucket-major; ids and seeds as in the module docstring."""
     specs = []
     for bucket in buckets:
@@ -224,7 +246,11 @@ def plan_image_samples(pairs: Sequence[tuple[Path, str]], buckets: Sequence[Buck
                 size = im.size
         except OSError as err:
             raise ValueError(f"image {str(path)!r} cannot be read: {err}") from None
-        specs.append(SampleSpec(f"img_{path.stem}", caption, nearest_bucket(*size, buckets), derived_seed(seed, path.stem), path.name))
+        specs.append(
+            SampleSpec(
+                f"img_{path.stem}", caption, nearest_bucket(*size, buckets), derived_seed(seed, path.stem), path.name
+            )
+        )
     return specs
 
 
@@ -311,7 +337,9 @@ def repair_cache(cache_dir: Path) -> list[dict[str, Any]]:
     ids = [e["id"] for e in keep]
     if len(ids) != len(set(ids)):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise ValueError(f"cache {str(cache_dir)!r}: ids {dup} appear in several shards; the index is inconsistent, regenerate the cache")
+        raise ValueError(
+            f"cache {str(cache_dir)!r}: ids {dup} appear in several shards; the index is inconsistent, regenerate the cache"
+        )
     referenced = {e["shard"] for e in keep}
     shard_dir = cache_dir / SHARD_DIR
     if shard_dir.is_dir():
@@ -326,7 +354,9 @@ def repair_cache(cache_dir: Path) -> list[dict[str, Any]]:
 def write_shard(cache_dir: Path, number: int, tensors: dict[str, torch.Tensor], ids: list[str], bucket: Bucket) -> str:
     """Write one shard atomically; returns its name relative to the cache folder."""
     name = shard_name(number)
-    atomic_save_safetensors(tensors, cache_dir / name, metadata={"format": FORMAT, "ids": json.dumps(ids), "bucket": bucket.name})
+    atomic_save_safetensors(
+        tensors, cache_dir / name, metadata={"format": FORMAT, "ids": json.dumps(ids), "bucket": bucket.name}
+    )
     return name
 
 
@@ -345,7 +375,9 @@ def read_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:
     """meta.json of a cache; ``FileNotFoundError`` when the folder is not a teacher cache."""
     path = Path(cache_dir) / META_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{str(cache_dir)!r} is not a teacher cache (no {META_FILE}); make one with scfm generate-data --out {cache_dir}")
+        raise FileNotFoundError(
+            f"{str(cache_dir)!r} is not a teacher cache (no {META_FILE}); make one with scfm generate-data --out {cache_dir}"
+        )
     meta = json.loads(path.read_text())
     if meta.get("format") != FORMAT:
         raise ValueError(f"{str(path)!r} is not a scfm teacher cache meta file (format {meta.get('format')!r})")
@@ -409,9 +441,11 @@ class GenerateConfig:
     progress: bool = True
     """Show a tqdm progress bar."""
 
-    def validate(self) -> "GenerateConfig":
+    def validate(self) -> GenerateConfig:
         if (self.prompts is None) == (self.images is None):
-            raise ValueError("give exactly one of --prompts FILE (teacher samples) or --images FOLDER (captioned images)")
+            raise ValueError(
+                "give exactly one of --prompts FILE (teacher samples) or --images FOLDER (captioned images)"
+            )
         for name in ("steps", "per_prompt", "shard_size", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -431,9 +465,16 @@ class GenerateConfig:
 
         images = self.images is not None
         return {
-            "format": FORMAT, "version": 1, "scfm_version": __version__, "model": model_id(self.model), "adapter": adapter_name,
-            "mode": "images" if images else "prompts", "steps": None if images else self.steps,
-            "guidance": None if images else float(self.guidance), "dtype": self.dtype, "seed": self.seed,
+            "format": FORMAT,
+            "version": 1,
+            "scfm_version": __version__,
+            "model": model_id(self.model),
+            "adapter": adapter_name,
+            "mode": "images" if images else "prompts",
+            "steps": None if images else self.steps,
+            "guidance": None if images else float(self.guidance),
+            "dtype": self.dtype,
+            "seed": self.seed,
             "buckets": [b.name for b in self.buckets],
         }
 
@@ -531,7 +572,9 @@ def generate_cache(config: GenerateConfig, pipe: Any | None = None) -> GenerateS
     if pipe is None:
         from scfm.models.adapters import load_pipeline
 
-        pipe, _ = load_pipeline(config.model, torch_dtype=DTYPES[config.dtype], local_files_only=config.local_files_only)
+        pipe, _ = load_pipeline(
+            config.model, torch_dtype=DTYPES[config.dtype], local_files_only=config.local_files_only
+        )
         device = _device(config.device)
         if config.cpu_offload:
             pipe.enable_model_cpu_offload(device=device)
@@ -554,13 +597,22 @@ def generate_cache(config: GenerateConfig, pipe: Any | None = None) -> GenerateS
 
 
 def _entry(spec: SampleSpec, shard: str, row: int) -> dict[str, Any]:
-    entry = {"id": spec.id, "prompt": spec.prompt, "bucket": spec.bucket.name, "shard": shard, "row": row, "seed": spec.seed}
+    entry = {
+        "id": spec.id,
+        "prompt": spec.prompt,
+        "bucket": spec.bucket.name,
+        "shard": shard,
+        "row": row,
+        "seed": spec.seed,
+    }
     if spec.image is not None:
         entry["image"] = spec.image
     return entry
 
 
-def _make_shard(adapter_cls: type, pipe: Any, specs: list[SampleSpec], config: GenerateConfig, device: torch.device, out: Path) -> dict[str, torch.Tensor]:
+def _make_shard(
+    adapter_cls: type, pipe: Any, specs: list[SampleSpec], config: GenerateConfig, device: torch.device, out: Path
+) -> dict[str, torch.Tensor]:
     """Samples of one shard (one bucket), batch by batch: {"x0": [N, C, h, w] float32, cond [N, ...]} on the CPU.
 
     The prompts are encoded twice per batch (``encode_prompts`` for the cache, and inside the
@@ -569,12 +621,14 @@ def _make_shard(adapter_cls: type, pipe: Any, specs: list[SampleSpec], config: G
     parts: dict[str, list[torch.Tensor]] = defaultdict(list)
     bucket = specs[0].bucket
     for start in range(0, len(specs), config.batch_size):
-        batch = specs[start:start + config.batch_size]
+        batch = specs[start : start + config.batch_size]
         prompts = [s.prompt for s in batch]
         generators = [torch.Generator().manual_seed(s.seed) for s in batch]
         cond = adapter_cls.encode_prompts(pipe, prompts, device)
         if config.images is None:
-            x0 = adapter_cls.generate_latents(pipe, prompts, bucket.height, bucket.width, config.steps, config.guidance, generators)
+            x0 = adapter_cls.generate_latents(
+                pipe, prompts, bucket.height, bucket.width, config.steps, config.guidance, generators
+            )
         else:
             images = torch.stack([load_image(Path(config.images) / s.image, bucket) for s in batch])
             x0 = adapter_cls.encode_images(pipe, images, generators)
@@ -594,7 +648,9 @@ def _store_shared(out: Path, cond: dict[str, torch.Tensor]) -> None:
     if shared and not (out / SHARED_FILE).is_file():
         bad = [k for k, v in shared.items() if v.shape[0] != 1]
         if bad:
-            raise ValueError(f"encode_prompts returned {bad} with {shared[bad[0]].shape[0]} rows; negative_* keys must have ONE shared row")
+            raise ValueError(
+                f"encode_prompts returned {bad} with {shared[bad[0]].shape[0]} rows; negative_* keys must have ONE shared row"
+            )
         atomic_save_safetensors(shared, out / SHARED_FILE, metadata={"format": FORMAT})
 
 

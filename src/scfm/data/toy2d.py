@@ -8,7 +8,7 @@ distributions stay within [-4, 4] (the Gaussian mixtures up to negligible tail m
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -97,8 +97,5 @@ def sample_toy2d(name: str, n: int, generator: torch.Generator) -> Tensor:
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise ValueError(f"n={n!r} must be a non-negative int number of points")
     if not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"generator={generator!r} must be a torch.Generator; "
-            "pass torch.Generator().manual_seed(seed)"
-        )
+        raise TypeError(f"generator={generator!r} must be a torch.Generator; pass torch.Generator().manual_seed(seed)")
     return _SAMPLERS[name](n, generator).to(torch.float32).contiguous()

@@ -31,7 +31,7 @@ class ScaleSearch:
     lo: float = 0.5
     hi: float = 1.75
 
-    def validate(self) -> "ScaleSearch":
+    def validate(self) -> ScaleSearch:
         if not 0 < self.lo <= self.start <= self.hi:
             raise ValueError(f"scale search needs 0 < lo={self.lo} <= start={self.start} <= hi={self.hi}")
         if self.step <= 0:
@@ -98,7 +98,9 @@ def paired_mse(reference: torch.Tensor) -> DistanceFn:
 
     def distance(samples: torch.Tensor) -> float:
         if samples.shape != reference.shape:
-            raise ValueError(f"samples.shape={tuple(samples.shape)} must equal reference.shape={tuple(reference.shape)}")
+            raise ValueError(
+                f"samples.shape={tuple(samples.shape)} must equal reference.shape={tuple(reference.shape)}"
+            )
         return float(((samples.float() - reference.to(samples.device).float()) ** 2).mean())
 
     return distance

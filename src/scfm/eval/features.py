@@ -65,9 +65,7 @@ class DigitsClassifier(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         """Penultimate activations: images [N, 1, 8, 8] in [-1, 1] -> [N, 64], >= 0."""
         if x.ndim != 4 or tuple(x.shape[1:]) != (1, 8, 8):
-            raise ValueError(
-                f"x.shape={tuple(x.shape)} is not a batch of digits images; pass [N, 1, 8, 8]"
-            )
+            raise ValueError(f"x.shape={tuple(x.shape)} is not a batch of digits images; pass [N, 1, 8, 8]")
         h = F.relu(self.conv1(x))
         h = F.max_pool2d(F.relu(self.conv2(h)), 2)
         h = F.relu(self.conv3(h))
@@ -145,9 +143,7 @@ def _train(seed: int, epochs: int, out_path: str | Path | None) -> tuple[DigitsC
     n = train.images.shape[0]
     steps_per_epoch = math.ceil(n / _BATCH_SIZE)
     total_steps = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total_steps)))
     for _ in range(epochs):
         model.train()
         order = torch.randperm(n, generator=gen)
@@ -179,9 +175,7 @@ def default_asset_path() -> Path:
     return Path(str(resources.files("scfm").joinpath("assets").joinpath(ASSET_NAME)))
 
 
-def load_digits_classifier(
-    device: str | torch.device = "cpu", path: str | Path | None = None
-) -> DigitsClassifier:
+def load_digits_classifier(device: str | torch.device = "cpu", path: str | Path | None = None) -> DigitsClassifier:
     """Load the frozen feature classifier (eval mode, ``requires_grad`` False).
 
     Args:
@@ -211,9 +205,7 @@ def load_digits_classifier(
 def main(argv: list[str] | None = None) -> None:
     """``python -m scfm.eval.features --out PATH [--seed S] [--epochs E]``."""
     parser = argparse.ArgumentParser(description="Train and save the digits feature classifier.")
-    parser.add_argument(
-        "--out", type=Path, default=default_asset_path(), help="output .safetensors file"
-    )
+    parser.add_argument("--out", type=Path, default=default_asset_path(), help="output .safetensors file")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training generator")
     parser.add_argument("--epochs", type=int, default=_DEFAULT_EPOCHS, help="training epochs")
     args = parser.parse_args(argv)

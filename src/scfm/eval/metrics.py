@@ -104,9 +104,7 @@ def sliced_wasserstein(
     ta = torch.as_tensor(a).detach().to("cpu", torch.float64)
     tb = torch.as_tensor(b).detach().to("cpu", torch.float64)
     if ta.ndim != 2 or tb.ndim != 2 or ta.shape[1] != tb.shape[1]:
-        raise ValueError(
-            f"a.shape={tuple(ta.shape)} and b.shape={tuple(tb.shape)} must be [N, D] and [M, D]"
-        )
+        raise ValueError(f"a.shape={tuple(ta.shape)} and b.shape={tuple(tb.shape)} must be [N, D] and [M, D]")
     if ta.shape[0] == 0 or tb.shape[0] == 0:
         raise ValueError("a and b must each hold at least one point")
     if n_projections < 1:
@@ -195,17 +193,13 @@ class DigitsEvaluator:
     @staticmethod
     def _check_images(images: Tensor) -> None:
         if images.ndim != 4 or tuple(images.shape[1:]) != IMAGE_SHAPE:
-            raise ValueError(
-                f"images.shape={tuple(images.shape)} must be [N, 1, 8, 8] digits in [-1, 1]"
-            )
+            raise ValueError(f"images.shape={tuple(images.shape)} must be [N, 1, 8, 8] digits in [-1, 1]")
         if images.shape[0] < 2:
             raise ValueError(f"images holds {images.shape[0]} samples; FD needs at least 2")
         if not torch.isfinite(images).all():
             raise ValueError("images contain NaN or inf; the sampler diverged")
 
-    def evaluate(
-        self, images: Tensor, labels: Tensor | None = None, clamp: bool = True
-    ) -> DigitsScores:
+    def evaluate(self, images: Tensor, labels: Tensor | None = None, clamp: bool = True) -> DigitsScores:
         """Score generated images [N, 1, 8, 8] in [-1, 1] (any device).
 
         Args:
@@ -215,9 +209,7 @@ class DigitsEvaluator:
         """
         self._check_images(images)
         if labels is not None and (labels.ndim != 1 or labels.shape[0] != images.shape[0]):
-            raise ValueError(
-                f"labels.shape={tuple(labels.shape)} must be [N] with N={images.shape[0]}"
-            )
+            raise ValueError(f"labels.shape={tuple(labels.shape)} must be [N] with N={images.shape[0]}")
         x = images.clamp(-1.0, 1.0) if clamp else images
         feats, logits = self._features_and_logits(x)
         mu, cov = feature_stats(feats, "generated features")

@@ -11,8 +11,9 @@ import io
 import math
 import os
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import matplotlib.image
 import numpy as np
@@ -30,9 +31,7 @@ PathLike = str | os.PathLike
 
 def _check_images(images: Tensor, name: str) -> None:
     if images.ndim != 4 or images.shape[1] not in (1, 3) or images.shape[0] == 0:
-        raise ValueError(
-            f"{name}.shape={tuple(images.shape)} must be [N >= 1, 1 or 3, H, W] in [-1, 1]"
-        )
+        raise ValueError(f"{name}.shape={tuple(images.shape)} must be [N >= 1, 1 or 3, H, W] in [-1, 1]")
 
 
 def _tile(images: Tensor, nrow: int, pad: int = 1) -> np.ndarray:
@@ -115,9 +114,7 @@ def plot_quality_vs_steps(
     for i, row in enumerate(rows):
         missing = [k for k in ("model", "solver", "nfe", metric) if k not in row]
         if missing:
-            raise ValueError(
-                f"rows[{i}] lacks keys {missing}; each row needs model, solver, nfe, {metric}"
-            )
+            raise ValueError(f"rows[{i}] lacks keys {missing}; each row needs model, solver, nfe, {metric}")
         if row[metric] is not None:
             key = (str(row["model"]), str(row["solver"]))
             lines[key].append((float(row["nfe"]), float(row[metric])))
@@ -150,9 +147,7 @@ def plot_quality_vs_steps(
     return _save_figure(fig, path)
 
 
-def save_scatter_2d(
-    points: Sequence[tuple[str, Tensor]], path: PathLike, lim: float | None = None
-) -> Path:
+def save_scatter_2d(points: Sequence[tuple[str, Tensor]], path: PathLike, lim: float | None = None) -> Path:
     """Save side-by-side scatter panels, one per ``(title, points [N, 2])``, shared axes.
 
     ``lim``: half-width of the square view; by default 1.1 x the largest 99.9 % quantile
@@ -163,9 +158,7 @@ def save_scatter_2d(
     arrays = []
     for title, pts in points:
         if pts.ndim != 2 or pts.shape[1] != 2:
-            raise ValueError(
-                f"points of panel {title!r} have shape {tuple(pts.shape)}; need [N, 2]"
-            )
+            raise ValueError(f"points of panel {title!r} have shape {tuple(pts.shape)}; need [N, 2]")
         arrays.append(pts.detach().to("cpu", torch.float64).numpy())
     if lim is None:
         finite = [np.abs(a[np.isfinite(a).all(axis=1)]) for a in arrays]

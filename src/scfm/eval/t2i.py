@@ -46,7 +46,13 @@ from scfm.eval.t2i_metrics import (
     resolve_fid_features,
     to_uint8,
 )
-from scfm.eval.t2i_report import GenerateFn, check_eval_plan, evaluate_text_to_image, plot_t2i_metrics, save_labelled_rows
+from scfm.eval.t2i_report import (
+    GenerateFn,
+    check_eval_plan,
+    evaluate_text_to_image,
+    plot_t2i_metrics,
+    save_labelled_rows,
+)
 
 __all__ = [
     "DEFAULT_CLIP",

@@ -47,41 +47,120 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = e.add_argument_group("model (either --run, or --model with --lora)")
-    src.add_argument("--run", type=Path, default=None, help="output_dir of a finished diffusers scfm distill run (its teacher and LoRA are used)")
-    src.add_argument("--weights", choices=WEIGHT_CHOICES, default="slow_ema", help="with --run: which LoRA copy (default: slow_ema)")
+    src.add_argument(
+        "--run",
+        type=Path,
+        default=None,
+        help="output_dir of a finished diffusers scfm distill run (its teacher and LoRA are used)",
+    )
+    src.add_argument(
+        "--weights", choices=WEIGHT_CHOICES, default="slow_ema", help="with --run: which LoRA copy (default: slow_ema)"
+    )
     src.add_argument("--model", default=None, help="diffusers pipeline folder or Hub id of the teacher (Flux / SD3)")
-    src.add_argument("--lora", type=Path, default=None, help="the distilled LoRA, diffusers format (.safetensors, from scfm export)")
-    src.add_argument("--local-files-only", action="store_true", help="never download (pipeline and CLIP); HF_HUB_OFFLINE=1 does the same")
-    e.add_argument("--prompts", type=Path, required=True, help=".txt (one prompt per line) or .jsonl ({'prompt': ...} per line)")
+    src.add_argument(
+        "--lora", type=Path, default=None, help="the distilled LoRA, diffusers format (.safetensors, from scfm export)"
+    )
+    src.add_argument(
+        "--local-files-only",
+        action="store_true",
+        help="never download (pipeline and CLIP); HF_HUB_OFFLINE=1 does the same",
+    )
+    e.add_argument(
+        "--prompts", type=Path, required=True, help=".txt (one prompt per line) or .jsonl ({'prompt': ...} per line)"
+    )
     e.add_argument("--max-prompts", type=int, default=None, help="use only the first N prompts (default: all)")
     e.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8], help="student step counts (default: 1 2 4 8)")
-    e.add_argument("--teacher-steps", type=int, default=32, help="steps of the teacher reference samples, dFID's reference (default: 32)")
-    e.add_argument("--teacher-sampler", choices=TEACHER_SAMPLERS, default="pipeline",
-                   help="teacher sampling: the pipeline's own scheduler, or Euler on scfm's grid with --teacher-shift (default: pipeline)")
-    e.add_argument("--teacher-shift", type=float, default=None, help="grid shift of the teacher with --teacher-sampler euler (default: --shift)")
-    e.add_argument("--no-teacher-baseline", action="store_true", help="skip the teacher at each student step count (saves sum(--steps) teacher steps)")
-    e.add_argument("--lora-scale", type=float, default=1.0, help="LoRA scale of the student (default: 1.0; few steps often like 1-1.75)")
-    e.add_argument("--shift", type=float, default=1.0, help="fixed shift s of the student's Euler grid (default: 1.0 = none, as scfm sample)")
-    e.add_argument("--guidance", type=float, default=None,
-                   help="student guidance in scfm's convention (Flux: embedded value; SD3: CFG w, 0 for a baked-CFG student; default 3.5)")
-    e.add_argument("--teacher-guidance", type=float, default=None, help="teacher guidance, same convention (default 3.5)")
-    e.add_argument("--height", type=int, default=None, help="image height in pixels (default: the pipeline's default size)")
-    e.add_argument("--width", type=int, default=None, help="image width in pixels (default: the pipeline's default size)")
-    e.add_argument("--clip", default=DEFAULT_CLIP,
-                   help=f"CLIP for CLIP scores: a local save_pretrained folder (model + processor) or a hub id; 'none' skips (default: {DEFAULT_CLIP})")
-    e.add_argument("--fid-features", default="inception",
-                   help="FID features: 'inception' (needs torch-fidelity), 'clip' (FD-CLIP, the --clip model), "
-                        "'module:function' or 'file.py:function' returning an nn.Module [B,3,H,W] in [0,1] -> [B,D], or 'none' (default: inception)")
-    e.add_argument("--inception-weights", type=Path, default=None,
-                   help="pt_inception-2015-12-05-6726825d.pth (or a .safetensors copy) for --fid-features inception (default: torch-fidelity downloads it)")
-    e.add_argument("--reference", type=Path, default=None, help="folder of real .png/.jpg images for FID (default: no FID column)")
+    e.add_argument(
+        "--teacher-steps",
+        type=int,
+        default=32,
+        help="steps of the teacher reference samples, dFID's reference (default: 32)",
+    )
+    e.add_argument(
+        "--teacher-sampler",
+        choices=TEACHER_SAMPLERS,
+        default="pipeline",
+        help="teacher sampling: the pipeline's own scheduler, or Euler on scfm's grid with --teacher-shift (default: pipeline)",
+    )
+    e.add_argument(
+        "--teacher-shift",
+        type=float,
+        default=None,
+        help="grid shift of the teacher with --teacher-sampler euler (default: --shift)",
+    )
+    e.add_argument(
+        "--no-teacher-baseline",
+        action="store_true",
+        help="skip the teacher at each student step count (saves sum(--steps) teacher steps)",
+    )
+    e.add_argument(
+        "--lora-scale",
+        type=float,
+        default=1.0,
+        help="LoRA scale of the student (default: 1.0; few steps often like 1-1.75)",
+    )
+    e.add_argument(
+        "--shift",
+        type=float,
+        default=1.0,
+        help="fixed shift s of the student's Euler grid (default: 1.0 = none, as scfm sample)",
+    )
+    e.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="student guidance in scfm's convention (Flux: embedded value; SD3: CFG w, 0 for a baked-CFG student; default 3.5)",
+    )
+    e.add_argument(
+        "--teacher-guidance", type=float, default=None, help="teacher guidance, same convention (default 3.5)"
+    )
+    e.add_argument(
+        "--height", type=int, default=None, help="image height in pixels (default: the pipeline's default size)"
+    )
+    e.add_argument(
+        "--width", type=int, default=None, help="image width in pixels (default: the pipeline's default size)"
+    )
+    e.add_argument(
+        "--clip",
+        default=DEFAULT_CLIP,
+        help=f"CLIP for CLIP scores: a local save_pretrained folder (model + processor) or a hub id; 'none' skips (default: {DEFAULT_CLIP})",
+    )
+    e.add_argument(
+        "--fid-features",
+        default="inception",
+        help="FID features: 'inception' (needs torch-fidelity), 'clip' (FD-CLIP, the --clip model), "
+        "'module:function' or 'file.py:function' returning an nn.Module [B,3,H,W] in [0,1] -> [B,D], or 'none' (default: inception)",
+    )
+    e.add_argument(
+        "--inception-weights",
+        type=Path,
+        default=None,
+        help="pt_inception-2015-12-05-6726825d.pth (or a .safetensors copy) for --fid-features inception (default: torch-fidelity downloads it)",
+    )
+    e.add_argument(
+        "--reference", type=Path, default=None, help="folder of real .png/.jpg images for FID (default: no FID column)"
+    )
     e.add_argument("--batch-size", type=int, default=4, help="prompts per pipeline call (default: 4)")
     e.add_argument("--seed", type=int, default=0, help="prompt i uses noise seed SEED + i (default: 0)")
-    e.add_argument("--grid-prompts", type=int, default=4, help="prompts shown in each teacher-vs-student grid (default: 4; 0: no grids)")
-    e.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ... (default: auto)")
-    e.add_argument("--dtype", choices=DTYPES, default="auto", help="pipeline dtype (default: auto = bf16 on CUDA, fp32 on CPU)")
+    e.add_argument(
+        "--grid-prompts",
+        type=int,
+        default=4,
+        help="prompts shown in each teacher-vs-student grid (default: 4; 0: no grids)",
+    )
+    e.add_argument(
+        "--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ... (default: auto)"
+    )
+    e.add_argument(
+        "--dtype", choices=DTYPES, default="auto", help="pipeline dtype (default: auto = bf16 on CUDA, fp32 on CPU)"
+    )
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
-    e.add_argument("--out", type=Path, required=True, help="output folder: t2i_metrics.json, t2i_grid_steps{n}.png, t2i_metrics_vs_steps.png")
+    e.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder: t2i_metrics.json, t2i_grid_steps{n}.png, t2i_metrics_vs_steps.png",
+    )
     e.set_defaults(func=run_eval)
     return e
 
@@ -133,16 +212,22 @@ def resolve_model_source(args: argparse.Namespace) -> ModelSource:
     """Check ``--run`` or ``--model`` + ``--lora`` and say where teacher and LoRA come from; reads configs only."""
     if args.run is not None:
         if args.model is not None or args.lora is not None:
-            raise ValueError("pass either --run RUN_DIR or --model PATH --lora FILE, not both (--run uses the run's own LoRA; choose it with --weights)")
+            raise ValueError(
+                "pass either --run RUN_DIR or --model PATH --lora FILE, not both (--run uses the run's own LoRA; choose it with --weights)"
+            )
         from scfm.export_cli import read_run_config
 
         config = read_run_config(args.run)
         model = config.teacher.removeprefix("diffusers:").strip()
         return ModelSource(model, None, args.run, args.weights, config.local_files_only or args.local_files_only)
     if args.model is None or args.lora is None:
-        raise ValueError("scfm eval needs --run RUN_DIR, or --model (pipeline folder / Hub id) with --lora (diffusers LoRA .safetensors)")
+        raise ValueError(
+            "scfm eval needs --run RUN_DIR, or --model (pipeline folder / Hub id) with --lora (diffusers LoRA .safetensors)"
+        )
     if not args.lora.is_file():
-        raise FileNotFoundError(f"--lora {str(args.lora)!r} does not exist; write one with scfm export --format diffusers")
+        raise FileNotFoundError(
+            f"--lora {str(args.lora)!r} does not exist; write one with scfm export --format diffusers"
+        )
     return ModelSource(str(args.model), args.lora, local_files_only=args.local_files_only)
 
 
@@ -165,16 +250,43 @@ def make_generators(pipe: Any, args: argparse.Namespace) -> tuple[Any, Any, int,
         return [torch.Generator("cpu").manual_seed(seed + j) for j in range(n)]
 
     def student(prompts: list[str], steps: int, seed: int) -> torch.Tensor:
-        return sample_pipeline(pipe, prompts, steps, lora_scale=args.lora_scale, shift=args.shift, generator=noise(seed, len(prompts)),
-                               height=args.height, width=args.width, guidance=guidance)
+        return sample_pipeline(
+            pipe,
+            prompts,
+            steps,
+            lora_scale=args.lora_scale,
+            shift=args.shift,
+            generator=noise(seed, len(prompts)),
+            height=args.height,
+            width=args.width,
+            guidance=guidance,
+        )
 
     @torch.no_grad()
     def teacher(prompts: list[str], steps: int, seed: int) -> torch.Tensor:
         if args.teacher_sampler == "euler":
-            return sample_pipeline(pipe, prompts, steps, lora_scale=0.0, shift=teacher_shift, generator=noise(seed, len(prompts)),
-                                   height=args.height, width=args.width, guidance=teacher_guidance)
-        out = pipe(prompt=list(prompts), height=args.height, width=args.width, num_inference_steps=steps, generator=noise(seed, len(prompts)),
-                   joint_attention_kwargs={"scale": 0.0}, output_type="pt", return_dict=False, **pipeline_guidance_kwargs(name, teacher_guidance))[0]
+            return sample_pipeline(
+                pipe,
+                prompts,
+                steps,
+                lora_scale=0.0,
+                shift=teacher_shift,
+                generator=noise(seed, len(prompts)),
+                height=args.height,
+                width=args.width,
+                guidance=teacher_guidance,
+            )
+        out = pipe(
+            prompt=list(prompts),
+            height=args.height,
+            width=args.width,
+            num_inference_steps=steps,
+            generator=noise(seed, len(prompts)),
+            joint_attention_kwargs={"scale": 0.0},
+            output_type="pt",
+            return_dict=False,
+            **pipeline_guidance_kwargs(name, teacher_guidance),
+        )[0]
         return out.float().cpu()
 
     def nfe(g: float) -> int:  # SD3 with CFG runs a doubled batch per step
@@ -205,29 +317,60 @@ def run_eval(args: argparse.Namespace) -> int:
     from scfm.pipeline_sampling import load_lora
 
     adapter_class_for(source.model, source.local_files_only)  # the pipeline's configs, before any weights are read
-    clip, features = t2i.load_scorers(None if args.clip == "none" else args.clip, args.fid_features if fid_on else None,
-                                      args.inception_weights, device, local_files_only=True if source.local_files_only else None)
+    clip, features = t2i.load_scorers(
+        None if args.clip == "none" else args.clip,
+        args.fid_features if fid_on else None,
+        args.inception_weights,
+        device,
+        local_files_only=True if source.local_files_only else None,
+    )
     with tempfile.TemporaryDirectory(prefix="scfm-eval-") as tmp:
         lora = source.lora_file(Path(tmp))
-        pipe, _ = load_pipeline(source.model, torch_dtype=_dtype(args.dtype, device), local_files_only=source.local_files_only)
+        pipe, _ = load_pipeline(
+            source.model, torch_dtype=_dtype(args.dtype, device), local_files_only=source.local_files_only
+        )
         pipe.to(device)
         load_lora(pipe, lora)
     pipe.set_progress_bar_config(disable=True)  # the driver shows one bar per set instead of one per call
     teacher, student, teacher_nfe, student_nfe = make_generators(pipe, args)
     config = {
-        "model": source.model, "lora": str(source.lora) if source.lora else None, "run": str(source.run) if source.run else None,
-        "weights": source.weights if source.run else None, "lora_scale": args.lora_scale, "shift": args.shift, "teacher_sampler": args.teacher_sampler,
-        "teacher_shift": args.teacher_shift if args.teacher_sampler == "euler" else None, "guidance": args.guidance,
-        "teacher_guidance": args.teacher_guidance, "dtype": str(_dtype(args.dtype, device)).removeprefix("torch."), "device": str(device),
+        "model": source.model,
+        "lora": str(source.lora) if source.lora else None,
+        "run": str(source.run) if source.run else None,
+        "weights": source.weights if source.run else None,
+        "lora_scale": args.lora_scale,
+        "shift": args.shift,
+        "teacher_sampler": args.teacher_sampler,
+        "teacher_shift": args.teacher_shift if args.teacher_sampler == "euler" else None,
+        "guidance": args.guidance,
+        "teacher_guidance": args.teacher_guidance,
+        "dtype": str(_dtype(args.dtype, device)).removeprefix("torch."),
+        "device": str(device),
     }
     result = t2i.evaluate_text_to_image(
-        teacher, student, prompts, args.steps, args.out, teacher_steps=args.teacher_steps, clip=clip, fid_features=features,
-        reference=args.reference, batch_size=args.batch_size, seed=args.seed, teacher_baseline=not args.no_teacher_baseline,
-        grid_prompts=args.grid_prompts, teacher_nfe_per_step=teacher_nfe, student_nfe_per_step=student_nfe, device=device,
-        progress=not args.no_progress, config=config,
+        teacher,
+        student,
+        prompts,
+        args.steps,
+        args.out,
+        teacher_steps=args.teacher_steps,
+        clip=clip,
+        fid_features=features,
+        reference=args.reference,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        teacher_baseline=not args.no_teacher_baseline,
+        grid_prompts=args.grid_prompts,
+        teacher_nfe_per_step=teacher_nfe,
+        student_nfe_per_step=student_nfe,
+        device=device,
+        progress=not args.no_progress,
+        config=config,
     )
     print(format_rows(result["rows"]))
-    print(f"wrote {args.out}/t2i_metrics.json, t2i_grid_steps{{n}}.png, t2i_metrics_vs_steps.png ({result['seconds']:.0f} s)")
+    print(
+        f"wrote {args.out}/t2i_metrics.json, t2i_grid_steps{{n}}.png, t2i_metrics_vs_steps.png ({result['seconds']:.0f} s)"
+    )
     return 0
 
 
@@ -239,5 +382,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
     lines = [f"{'model':8} {'steps':>5} {'nfe':>4} {'CLIP':>8} {'dFID':>8} {'FID':>8} {'n':>6}"]
     for r in rows:
-        lines.append(f"{r['model']:8} {r['steps']:5d} {r['nfe']:4d} {f(r['clip'], 8)} {f(r['dfid'], 8)} {f(r['fid'], 8)} {r['n']:6d}")
+        lines.append(
+            f"{r['model']:8} {r['steps']:5d} {r['nfe']:4d} {f(r['clip'], 8)} {f(r['dfid'], 8)} {f(r['fid'], 8)} {r['n']:6d}"
+        )
     return "\n".join(lines)

@@ -71,7 +71,9 @@ def _import_torchmetrics() -> Any:
     try:
         import torchmetrics  # noqa: F401
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("text-to-image evaluation needs torchmetrics and transformers: pip install 'scfm[eval]'") from err
+        raise ImportError(
+            "text-to-image evaluation needs torchmetrics and transformers: pip install 'scfm[eval]'"
+        ) from err
     return torchmetrics
 
 
@@ -90,9 +92,13 @@ def check_images(images: Tensor, name: str = "images", batch: int | None = None)
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"{name} has shape {shape}; expected RGB images [B, 3, H, W] float in [0, 1]")
     if not images.is_floating_point():
-        raise ValueError(f"{name} has dtype {images.dtype}; expected float images in [0, 1] (divide uint8 images by 255)")
+        raise ValueError(
+            f"{name} has dtype {images.dtype}; expected float images in [0, 1] (divide uint8 images by 255)"
+        )
     if batch is not None and images.shape[0] != batch:
-        raise ValueError(f"{name} holds {images.shape[0]} images for {batch} prompts; generate must return one image per prompt")
+        raise ValueError(
+            f"{name} holds {images.shape[0]} images for {batch} prompts; generate must return one image per prompt"
+        )
     if not torch.isfinite(images).all():
         raise ValueError(f"{name} contains NaN or inf; the sampler diverged (check steps, shift and LoRA scale)")
     return images.float().clamp(0.0, 1.0)
@@ -172,10 +178,14 @@ def load_clip(clip_model: str | PathLike, local_files_only: bool | None = None) 
         config = AutoConfig.from_pretrained(name, **kw)
     except (OSError, ValueError) as err:
         where = "folder" if local else "hub id"
-        raise OSError(f"could not load the CLIP config from {where} {name!r} ({type(err).__name__}: {err}); {_CLIP_FIX}") from err
+        raise OSError(
+            f"could not load the CLIP config from {where} {name!r} ({type(err).__name__}: {err}); {_CLIP_FIX}"
+        ) from err
     model_type = getattr(config, "model_type", None)
     if model_type != "clip":
-        raise ValueError(f"--clip {name!r} holds a {model_type!r} model, not a CLIP model (model_type 'clip'); {_CLIP_FIX}")
+        raise ValueError(
+            f"--clip {name!r} holds a {model_type!r} model, not a CLIP model (model_type 'clip'); {_CLIP_FIX}"
+        )
     try:
         processor = CLIPProcessor.from_pretrained(name, **kw)
     except (OSError, ValueError, TypeError) as err:
@@ -203,7 +213,12 @@ class ClipScorer:
     added pairs (clamped at 0); ``reset()`` starts a new set.
     """
 
-    def __init__(self, clip_model: str | PathLike = DEFAULT_CLIP, device: str | torch.device = "cpu", local_files_only: bool | None = None) -> None:
+    def __init__(
+        self,
+        clip_model: str | PathLike = DEFAULT_CLIP,
+        device: str | torch.device = "cpu",
+        local_files_only: bool | None = None,
+    ) -> None:
         _import_torchmetrics()
         from torchmetrics.multimodal.clip_score import CLIPScore
 
@@ -291,7 +306,9 @@ def _read_inception_state(path: Path) -> dict[str, Tensor]:
     try:  # the published file is a torch state dict; weights_only refuses anything but tensors
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing here
-        raise ValueError(f"--inception-weights {str(path)!r} is not a readable torch state dict ({str(err)[:300]}); {_FID_WEIGHTS_FIX}") from err
+        raise ValueError(
+            f"--inception-weights {str(path)!r} is not a readable torch state dict ({str(err)[:300]}); {_FID_WEIGHTS_FIX}"
+        ) from err
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"--inception-weights {str(path)!r} does not hold a state dict of tensors; {_FID_WEIGHTS_FIX}")
     return state
@@ -326,16 +343,24 @@ def load_inception(weights: PathLike | None = None) -> FidFeatures:
         torch.save(state, source)
         source.seek(0)
     try:
-        metric = FrechetInceptionDistance(feature=INCEPTION_FEATURE_DIM, normalize=False, feature_extractor_weights_path=source)
+        metric = FrechetInceptionDistance(
+            feature=INCEPTION_FEATURE_DIM, normalize=False, feature_extractor_weights_path=source
+        )
     except (RuntimeError, KeyError) as err:
-        raise ValueError(f"--inception-weights {str(weights)!r} does not fit torch-fidelity's Inception-v3 ({str(err)[:300]}); {_FID_WEIGHTS_FIX}") from err
+        raise ValueError(
+            f"--inception-weights {str(weights)!r} does not fit torch-fidelity's Inception-v3 ({str(err)[:300]}); {_FID_WEIGHTS_FIX}"
+        ) from err
     except Exception as err:  # noqa: BLE001 - urllib / hub errors vary by version
         if weights is not None:
             raise
-        raise RuntimeError(f"torch-fidelity could not download the Inception weights ({type(err).__name__}: {err}); {_FID_WEIGHTS_FIX}; {_FID_OTHER}") from err
+        raise RuntimeError(
+            f"torch-fidelity could not download the Inception weights ({type(err).__name__}: {err}); {_FID_WEIGHTS_FIX}; {_FID_OTHER}"
+        ) from err
     module = metric.inception
     module.num_features = INCEPTION_FEATURE_DIM
-    return FidFeatures(module=module, name=f"inception-v3-{INCEPTION_FEATURE_DIM}", input="uint8", dim=INCEPTION_FEATURE_DIM)
+    return FidFeatures(
+        module=module, name=f"inception-v3-{INCEPTION_FEATURE_DIM}", input="uint8", dim=INCEPTION_FEATURE_DIM
+    )
 
 
 def load_feature_callable(spec: str) -> nn.Module:
@@ -382,7 +407,9 @@ def resolve_fid_features(
         return fid_features
     if isinstance(fid_features, nn.Module):
         dim = getattr(fid_features, "num_features", None)
-        return FidFeatures(module=fid_features.eval(), name=type(fid_features).__name__, dim=int(dim) if dim is not None else None)
+        return FidFeatures(
+            module=fid_features.eval(), name=type(fid_features).__name__, dim=int(dim) if dim is not None else None
+        )
     spec = str(fid_features)
     if spec == "none":
         return None
@@ -390,7 +417,9 @@ def resolve_fid_features(
         return load_inception(inception_weights)
     if spec == "clip":
         if clip is None:
-            raise ValueError(f"--fid-features clip needs a CLIP model, but --clip is 'none'; give --clip a CLIP model, or {_FID_SPEC}")
+            raise ValueError(
+                f"--fid-features clip needs a CLIP model, but --clip is 'none'; give --clip a CLIP model, or {_FID_SPEC}"
+            )
         module = _ClipImageFeatures(clip)
         return FidFeatures(module=module, name=f"clip:{clip.name}", dim=module.num_features)
     module = load_feature_callable(spec)

@@ -23,7 +23,15 @@ import torch
 from torch import Tensor, nn
 
 from scfm.eval.t2i_inputs import iter_reference_folder, list_reference_images
-from scfm.eval.t2i_metrics import DEFAULT_CLIP, ClipScorer, FidFeatures, FrechetScorer, check_images, fid_warning, load_scorers
+from scfm.eval.t2i_metrics import (
+    DEFAULT_CLIP,
+    ClipScorer,
+    FidFeatures,
+    FrechetScorer,
+    check_images,
+    fid_warning,
+    load_scorers,
+)
 from scfm.fileio import atomic_write_bytes, atomic_write_json
 
 PathLike = str | os.PathLike
@@ -48,7 +56,9 @@ def _fit(images: Tensor, max_side: int, min_side: int = 96) -> Tensor:
     return torch.nn.functional.interpolate(images, size=size, mode="area")
 
 
-def save_labelled_rows(rows: Sequence[tuple[str, Tensor]], path: PathLike, titles: Sequence[str] = (), max_side: int = 192) -> Path:
+def save_labelled_rows(
+    rows: Sequence[tuple[str, Tensor]], path: PathLike, titles: Sequence[str] = (), max_side: int = 192
+) -> Path:
     """PNG of labelled image rows: ``(label, images [K, 3, H, W] in [0, 1])`` per row, at 1:1 pixels.
 
     Images are shrunk so their longer side is at most ``max_side`` pixels (tiny ones enlarged);
@@ -72,7 +82,14 @@ def save_labelled_rows(rows: Sequence[tuple[str, Tensor]], path: PathLike, title
             canvas[top : top + img.shape[-2], left : left + img.shape[-1]] = img.permute(1, 2, 0).numpy()
     dpi, label_px, title_px = 100, 150, 24 if titles else 0
     fig = Figure(figsize=((canvas.shape[1] + label_px) / dpi, (canvas.shape[0] + title_px) / dpi), dpi=dpi)
-    ax = fig.add_axes((label_px / (canvas.shape[1] + label_px), 0, canvas.shape[1] / (canvas.shape[1] + label_px), canvas.shape[0] / (canvas.shape[0] + title_px)))
+    ax = fig.add_axes(
+        (
+            label_px / (canvas.shape[1] + label_px),
+            0,
+            canvas.shape[1] / (canvas.shape[1] + label_px),
+            canvas.shape[0] / (canvas.shape[0] + title_px),
+        )
+    )
     ax.imshow(canvas, interpolation="nearest")
     ax.set_axis_off()
     for r, (label, _) in enumerate(rows):
@@ -87,7 +104,11 @@ def save_labelled_rows(rows: Sequence[tuple[str, Tensor]], path: PathLike, title
     return atomic_write_bytes(path, buf.getvalue())
 
 
-_METRIC_LABELS = {"clip": "CLIP score (higher is better)", "dfid": "dFID vs teacher (lower is better)", "fid": "FID vs reference (lower is better)"}
+_METRIC_LABELS = {
+    "clip": "CLIP score (higher is better)",
+    "dfid": "dFID vs teacher (lower is better)",
+    "fid": "FID vs reference (lower is better)",
+}
 
 
 def plot_t2i_metrics(rows: Sequence[dict[str, Any]], path: PathLike, teacher_steps: int) -> Path:
@@ -145,12 +166,21 @@ class _SetResult:
     size: tuple[int, int] = (0, 0)
 
 
-def check_eval_plan(prompts: Sequence[str], steps_list: Sequence[int], teacher_steps: int, batch_size: int, grid_prompts: int, need_two: bool) -> None:
+def check_eval_plan(
+    prompts: Sequence[str],
+    steps_list: Sequence[int],
+    teacher_steps: int,
+    batch_size: int,
+    grid_prompts: int,
+    need_two: bool,
+) -> None:
     """Raise ``ValueError`` naming the flag for an evaluation plan that cannot run (checked before any work)."""
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError("prompts must be a non-empty list of strings")
     if need_two and len(prompts) < 2:
-        raise ValueError(f"FID / dFID need at least 2 prompts (samples per set), got {len(prompts)}; add prompts or pass --fid-features none")
+        raise ValueError(
+            f"FID / dFID need at least 2 prompts (samples per set), got {len(prompts)}; add prompts or pass --fid-features none"
+        )
     if not steps_list or any(int(s) < 1 for s in steps_list):
         raise ValueError(f"--steps {list(steps_list)} must be a non-empty list of step counts >= 1")
     if teacher_steps < 1:
@@ -224,12 +254,20 @@ def _row(model: str, steps: int, nfe_per_step: int, result: _SetResult) -> dict[
         return round(x, 4) if floor is None else max(floor, round(x, 4))  # FID < 0 is round-off
 
     return {
-        "model": model, "steps": steps, "nfe": steps * nfe_per_step, "clip": r(result.clip), "dfid": r(result.dfid, 0.0),
-        "fid": r(result.fid, 0.0), "n": result.n, "sec_per_image": round(result.seconds / max(1, result.n), 4),
+        "model": model,
+        "steps": steps,
+        "nfe": steps * nfe_per_step,
+        "clip": r(result.clip),
+        "dfid": r(result.dfid, 0.0),
+        "fid": r(result.fid, 0.0),
+        "n": result.n,
+        "sec_per_image": round(result.seconds / max(1, result.n), 4),
     }
 
 
-def _small_n_warnings(n_prompts: int, n_reference: int, dfid: FrechetScorer | None, fid: FrechetScorer | None) -> list[str]:
+def _small_n_warnings(
+    n_prompts: int, n_reference: int, dfid: FrechetScorer | None, fid: FrechetScorer | None
+) -> list[str]:
     """Issue (and return) the FID conditioning warnings of :func:`fid_warning` for this plan."""
     messages = []
     if dfid is not None:
@@ -266,7 +304,10 @@ class _Report:
             "complete": complete,
             "config": self.config,
             "warnings": self.notes,
-            "files": {"grids": {str(n): p.name for n, p in self.grids.items()}, "plot": self.plot.name if self.plot else None},
+            "files": {
+                "grids": {str(n): p.name for n, p in self.grids.items()},
+                "plot": self.plot.name if self.plot else None,
+            },
             "seconds": round(time.perf_counter() - self.start, 1),
         }
         atomic_write_json(self.out / "t2i_metrics.json", content)
@@ -337,30 +378,68 @@ def evaluate_text_to_image(
     scorer, features = load_scorers(clip, fid_features, inception_weights, device)
     dfid = FrechetScorer(features, device) if features is not None else None
     fid = FrechetScorer(features, device) if features is not None and reference is not None else None
-    report = _Report(out, notes=_small_n_warnings(len(prompts), len(ref_files), dfid, fid), config={
-        "teacher_steps": teacher_steps, "steps": steps_list, "n_prompts": len(prompts), "batch_size": batch_size, "seed": seed,
-        "clip_model": scorer.name if scorer is not None else None, "fid_features": features.name if features is not None else None,
-        "fid_feature_dim": dfid.dim if dfid is not None else None, "reference": str(reference) if reference is not None else None,
-        "n_reference": len(ref_files) if reference is not None else None, **(config or {}),
-    })
+    report = _Report(
+        out,
+        notes=_small_n_warnings(len(prompts), len(ref_files), dfid, fid),
+        config={
+            "teacher_steps": teacher_steps,
+            "steps": steps_list,
+            "n_prompts": len(prompts),
+            "batch_size": batch_size,
+            "seed": seed,
+            "clip_model": scorer.name if scorer is not None else None,
+            "fid_features": features.name if features is not None else None,
+            "fid_feature_dim": dfid.dim if dfid is not None else None,
+            "reference": str(reference) if reference is not None else None,
+            "n_reference": len(ref_files) if reference is not None else None,
+            **(config or {}),
+        },
+    )
 
     def load_reference(first: Tensor) -> None:  # FID's real side, at the generated size
         if fid is not None and reference is not None:
-            for images in iter_reference_folder(reference, (first.shape[-2], first.shape[-1]), batch_size=max(batch_size, 16)):
+            for images in iter_reference_folder(
+                reference, (first.shape[-2], first.shape[-1]), batch_size=max(batch_size, 16)
+            ):
                 fid.add_real(images)
 
-    kw = dict(prompts=prompts, seed=seed, batch_size=batch_size, clip=scorer, dfid=dfid, fid=fid, grid_prompts=grid_prompts, progress=progress)
-    ref = _run_set(teacher_generate, f"teacher {teacher_steps} steps", steps=teacher_steps, as_dfid_reference=True, on_first_batch=load_reference, **kw)
+    kw = dict(
+        prompts=prompts,
+        seed=seed,
+        batch_size=batch_size,
+        clip=scorer,
+        dfid=dfid,
+        fid=fid,
+        grid_prompts=grid_prompts,
+        progress=progress,
+    )
+    ref = _run_set(
+        teacher_generate,
+        f"teacher {teacher_steps} steps",
+        steps=teacher_steps,
+        as_dfid_reference=True,
+        on_first_batch=load_reference,
+        **kw,
+    )
     report.config["image_size"] = list(ref.size)
     report.add("teacher", teacher_steps, teacher_nfe_per_step, ref)
     for n in steps_list:
         results = {}
         if teacher_baseline:
-            results["teacher"] = report.add("teacher", n, teacher_nfe_per_step, _run_set(teacher_generate, f"teacher {n} steps", steps=n, **kw))
-        results["student"] = report.add("student", n, student_nfe_per_step, _run_set(student_generate, f"student {n} steps", steps=n, **kw))
+            results["teacher"] = report.add(
+                "teacher", n, teacher_nfe_per_step, _run_set(teacher_generate, f"teacher {n} steps", steps=n, **kw)
+            )
+        results["student"] = report.add(
+            "student", n, student_nfe_per_step, _run_set(student_generate, f"student {n} steps", steps=n, **kw)
+        )
         if grid_prompts > 0:
-            grid_rows = [(f"teacher {teacher_steps} steps", ref.grid), *((f"{model} {n} steps", r.grid) for model, r in results.items())]
-            report.grids[n] = save_labelled_rows(grid_rows, out / f"t2i_grid_steps{n}.png", titles=list(prompts[:grid_prompts]))
+            grid_rows = [
+                (f"teacher {teacher_steps} steps", ref.grid),
+                *((f"{model} {n} steps", r.grid) for model, r in results.items()),
+            ]
+            report.grids[n] = save_labelled_rows(
+                grid_rows, out / f"t2i_grid_steps{n}.png", titles=list(prompts[:grid_prompts])
+            )
     if scorer is not None or features is not None:
         report.plot = plot_t2i_metrics(report.rows, out / "t2i_metrics_vs_steps.png", teacher_steps)
     return report.write(complete=True)

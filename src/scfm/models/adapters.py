@@ -36,7 +36,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
-ADAPTERS: dict[str, type["VelocityAdapter"]] = {}
+ADAPTERS: dict[str, type[VelocityAdapter]] = {}
 """Registered adapter classes by name ('flux', 'sd3', ...)."""
 
 _BUILTIN_MODULES = ("scfm.models.flux", "scfm.models.sd3", "scfm.models.wan")
@@ -57,7 +57,7 @@ def register_adapter(name: str) -> Callable[[A], A]:
     return wrap
 
 
-def get_adapter(name: str) -> type["VelocityAdapter"]:
+def get_adapter(name: str) -> type[VelocityAdapter]:
     """The adapter class registered as ``name``; the built-in ones (flux, sd3) load on demand."""
     if name not in ADAPTERS:
         import importlib
@@ -74,7 +74,9 @@ def import_diffusers():
     try:
         import diffusers
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("the diffusers model adapters need diffusers: pip install diffusers transformers sentencepiece") from err
+        raise ImportError(
+            "the diffusers model adapters need diffusers: pip install diffusers transformers sentencepiece"
+        ) from err
     return diffusers
 
 
@@ -87,7 +89,9 @@ def dtype_kwargs(dtype: torch.dtype | None) -> dict[str, Any]:
         utils = importlib.import_module("diffusers.utils.deprecation_utils")
     except ImportError:
         return {"torch_dtype": dtype}
-    return {"dtype": dtype} if hasattr(utils, "_resolve_dtype") else {"torch_dtype": dtype}  # _resolve_dtype maps the old name
+    return (
+        {"dtype": dtype} if hasattr(utils, "_resolve_dtype") else {"torch_dtype": dtype}
+    )  # _resolve_dtype maps the old name
 
 
 def expand_batch(value: torch.Tensor, batch_size: int, name: str) -> torch.Tensor:
@@ -96,7 +100,9 @@ def expand_batch(value: torch.Tensor, batch_size: int, name: str) -> torch.Tenso
         return value
     if value.shape[0] == 1:
         return value.expand(batch_size, *value.shape[1:])
-    raise ValueError(f"cond[{name!r}] has batch size {value.shape[0]} but x has {batch_size}; pass one row per sample (or a single row to broadcast)")
+    raise ValueError(
+        f"cond[{name!r}] has batch size {value.shape[0]} but x has {batch_size}; pass one row per sample (or a single row to broadcast)"
+    )
 
 
 class VelocityAdapter(nn.Module):
@@ -128,7 +134,9 @@ class VelocityAdapter(nn.Module):
         super().__init__()
         name = type(transformer).__name__
         if self.transformer_class_name and name != self.transformer_class_name:
-            raise ValueError(f"{type(self).__name__} wraps a {self.transformer_class_name}, got a {name}; use the adapter made for {name}")
+            raise ValueError(
+                f"{type(self).__name__} wraps a {self.transformer_class_name}, got a {name}; use the adapter made for {name}"
+            )
         self.transformer = transformer
 
     # ------------------------------------------------------------------ interface
@@ -193,7 +201,9 @@ class VelocityAdapter(nn.Module):
         raise NotImplementedError(f"{cls.__name__} does not implement generate_latents (pipeline hooks)")
 
     @classmethod
-    def encode_images(cls, pipe: Any, images: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+    def encode_images(
+        cls, pipe: Any, images: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None
+    ) -> torch.Tensor:
         """Images [B, 3, H, W] in [-1, 1] -> x0 [B, C, H/f, W/f] float32, the latent space of :meth:`generate_latents`.
 
         With a ``generator`` the VAE posterior is sampled, without one its mean (mode) is used.
@@ -234,7 +244,9 @@ class VelocityAdapter(nn.Module):
     def _check_cond(self, cond: dict[str, Any]) -> None:
         unknown = sorted(set(cond) - set(self.cond_keys))
         if unknown:
-            raise ValueError(f"{type(self).__name__} got unknown cond key(s) {unknown}; it accepts {list(self.cond_keys)}")
+            raise ValueError(
+                f"{type(self).__name__} got unknown cond key(s) {unknown}; it accepts {list(self.cond_keys)}"
+            )
 
     def _check_x_t(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """Validate x ([B, C, H, W], or [B, C, F, h, w] when ``latent_ndim`` is 5); return t as a [B] tensor on x's device."""
@@ -245,7 +257,9 @@ class VelocityAdapter(nn.Module):
         if t.dim() == 0:
             t = t.expand(x.shape[0])
         if t.shape != (x.shape[0],):
-            raise ValueError(f"t has shape {tuple(t.shape)}; expected [B] = [{x.shape[0]}] (one time in [0, 1] per sample)")
+            raise ValueError(
+                f"t has shape {tuple(t.shape)}; expected [B] = [{x.shape[0]}] (one time in [0, 1] per sample)"
+            )
         return t
 
     # ------------------------------------------------------------------ loading
@@ -262,7 +276,7 @@ class VelocityAdapter(nn.Module):
         local_files_only: bool = False,
         adapter_kwargs: dict[str, Any] | None = None,
         **kw: Any,
-    ) -> "VelocityAdapter":
+    ) -> VelocityAdapter:
         """Load the transformer with diffusers and wrap it.
 
         ``path_or_id`` is a pipeline folder / Hub id (transformer in ``subfolder``) or, with
@@ -275,7 +289,10 @@ class VelocityAdapter(nn.Module):
         model_cls = cls.transformer_class()
         path = os.fspath(path_or_id)
         sub = subfolder or None
-        load_kw = dict(local_files_only=local_files_only, **{k: v for k, v in kw.items() if k in ("revision", "cache_dir", "token")})
+        load_kw = dict(
+            local_files_only=local_files_only,
+            **{k: v for k, v in kw.items() if k in ("revision", "cache_dir", "token")},
+        )
         local = os.path.isdir(path)
         if local and sub is not None and not os.path.isdir(os.path.join(path, sub)):
             hint = ""
@@ -289,14 +306,24 @@ class VelocityAdapter(nn.Module):
             config = model_cls.load_config(path, subfolder=sub, **load_kw)
         except (OSError, ValueError) as err:
             where = f"{path!r}" + (f" (subfolder {sub!r})" if sub else "")
-            raise ValueError(f"could not read the transformer config from {where}: {err}. Check the path / Hub id and subfolder, or pass local_files_only=False to download.") from err
+            raise ValueError(
+                f"could not read the transformer config from {where}: {err}. Check the path / Hub id and subfolder, or pass local_files_only=False to download."
+            ) from err
         found = config.get("_class_name")
         if found != cls.transformer_class_name:
             others = sorted(name for name, a in get_all_adapters().items() if a.transformer_class_name == found)
-            fix = f"use the {others[0]!r} adapter (scfm.models.adapters.get_adapter({others[0]!r}))" if others else "point at a folder holding a " + cls.transformer_class_name
-            raise ValueError(f"{path!r}{'/' + sub if sub else ''} holds a {found}, not a {cls.transformer_class_name}: {cls.__name__} cannot wrap it; {fix}")
+            fix = (
+                f"use the {others[0]!r} adapter (scfm.models.adapters.get_adapter({others[0]!r}))"
+                if others
+                else "point at a folder holding a " + cls.transformer_class_name
+            )
+            raise ValueError(
+                f"{path!r}{'/' + sub if sub else ''} holds a {found}, not a {cls.transformer_class_name}: {cls.__name__} cannot wrap it; {fix}"
+            )
         cls._check_scheduler(path, sub, local, load_kw)
-        transformer = model_cls.from_pretrained(path, subfolder=sub, local_files_only=local_files_only, **dtype_kwargs(torch_dtype), **kw)
+        transformer = model_cls.from_pretrained(
+            path, subfolder=sub, local_files_only=local_files_only, **dtype_kwargs(torch_dtype), **kw
+        )
         return cls(transformer, **(adapter_kwargs or {}))
 
     @staticmethod
@@ -311,7 +338,6 @@ class VelocityAdapter(nn.Module):
             "SCFM distills flow-matching (rectified-flow) models whose velocity is eps - x0, and this model was trained for "
             "another objective. Use a flow-matching model (Flux, SD3/SD3.5, Wan, ...: a FlowMatch*Scheduler, or prediction_type='flow_prediction')."
         )
-
 
 
 def is_flow_matching_scheduler(config: Mapping[str, Any]) -> bool:
@@ -365,7 +391,9 @@ def adapter_for(transformer: nn.Module, **kwargs: Any) -> VelocityAdapter:
     for cls in get_all_adapters().values():
         if cls.transformer_class_name == name:
             return cls(transformer, **kwargs)
-    raise ValueError(f"no scfm adapter wraps a {name}; adapters exist for {sorted(a.transformer_class_name for a in ADAPTERS.values())}")
+    raise ValueError(
+        f"no scfm adapter wraps a {name}; adapters exist for {sorted(a.transformer_class_name for a in ADAPTERS.values())}"
+    )
 
 
 # ---------------------------------------------------------------------- pipelines
@@ -386,7 +414,9 @@ def _looks_like_local_path(path: str) -> bool:
     return path.startswith(("/", ".", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path
 
 
-def read_component_config(path_or_id: str | os.PathLike, component: str, local_files_only: bool = False) -> dict[str, Any] | None:
+def read_component_config(
+    path_or_id: str | os.PathLike, component: str, local_files_only: bool = False
+) -> dict[str, Any] | None:
     """``<component>/config.json`` (``scheduler_config.json`` for the scheduler) of a pipeline folder
     or Hub repo, without loading weights; None when it cannot be read."""
     diffusers = import_diffusers()
@@ -415,9 +445,15 @@ def adapter_class_for(path_or_id: str | os.PathLike, local_files_only: bool = Fa
     local = os.path.isdir(path)
     if not local and (os.path.exists(path) or _looks_like_local_path(path)):
         what = "is a file" if os.path.exists(path) else "does not exist"
-        raise ValueError(f"model {path!r} {what}: pass a diffusers pipeline folder (model_index.json, transformer/, vae/, ...) or a Hub id such as black-forest-labs/FLUX.1-dev")
+        raise ValueError(
+            f"model {path!r} {what}: pass a diffusers pipeline folder (model_index.json, transformer/, vae/, ...) or a Hub id such as black-forest-labs/FLUX.1-dev"
+        )
     if local and not os.path.isdir(os.path.join(path, "transformer")):
-        hint = " It has a config.json of its own: it looks like a single model folder, not a pipeline." if os.path.isfile(os.path.join(path, "config.json")) else ""
+        hint = (
+            " It has a config.json of its own: it looks like a single model folder, not a pipeline."
+            if os.path.isfile(os.path.join(path, "config.json"))
+            else ""
+        )
         raise ValueError(
             f"{path!r} has no 'transformer' subfolder, so it is not a diffusers transformer pipeline.{hint} "
             "Pass the pipeline folder (the one holding model_index.json and transformer/config.json)."
@@ -426,7 +462,9 @@ def adapter_class_for(path_or_id: str | os.PathLike, local_files_only: bool = Fa
         config = _config_reader().load_config(path, subfolder="transformer", local_files_only=local_files_only)
     except (OSError, ValueError) as err:
         offline = " (local_files_only=True: it must already be in the Hugging Face cache)" if local_files_only else ""
-        raise ValueError(f"could not read transformer/config.json of {path!r}{offline}: {err}. Check the path or Hub id.") from err
+        raise ValueError(
+            f"could not read transformer/config.json of {path!r}{offline}: {err}. Check the path or Hub id."
+        ) from err
     found = config.get("_class_name")
     for cls in get_all_adapters().values():
         if cls.transformer_class_name == found:
@@ -434,7 +472,9 @@ def adapter_class_for(path_or_id: str | os.PathLike, local_files_only: bool = Fa
             cls._check_scheduler(path, "transformer", local, load_kw)
             return cls
     known = sorted(a.transformer_class_name for a in ADAPTERS.values())
-    raise ValueError(f"{path!r} has a {found} transformer; scfm has adapters for {known} only (register one with scfm.models.adapters.register_adapter)")
+    raise ValueError(
+        f"{path!r} has a {found} transformer; scfm has adapters for {known} only (register one with scfm.models.adapters.register_adapter)"
+    )
 
 
 def load_pipeline(
@@ -455,7 +495,9 @@ def load_pipeline(
     if not adapter_cls.pipeline_class_name:
         raise ValueError(f"adapter {adapter_cls.__name__} names no pipeline_class_name; it cannot load a pipeline")
     pipeline_cls = getattr(import_diffusers(), adapter_cls.pipeline_class_name)
-    pipe = pipeline_cls.from_pretrained(os.fspath(path_or_id), local_files_only=local_files_only, **dtype_kwargs(torch_dtype), **(components or {}))
+    pipe = pipeline_cls.from_pretrained(
+        os.fspath(path_or_id), local_files_only=local_files_only, **dtype_kwargs(torch_dtype), **(components or {})
+    )
     for module in pipe.components.values():
         if isinstance(module, nn.Module):
             module.eval()
@@ -475,7 +517,9 @@ def vae_denormalize(vae: nn.Module, x0: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def vae_encode_images(vae: nn.Module, images: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+def vae_encode_images(
+    vae: nn.Module, images: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None
+) -> torch.Tensor:
     """Images [B, 3, H, W] in [-1, 1] -> normalized latents [B, C, H/f, W/f] float32 (posterior sample or mode)."""
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be [B, 3, H, W] in [-1, 1], got shape {tuple(images.shape)}")

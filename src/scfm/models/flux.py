@@ -30,7 +30,14 @@ from typing import Any
 
 import torch
 
-from scfm.models.adapters import VelocityAdapter, expand_batch, read_component_config, register_adapter, vae_decode_latents, vae_encode_images
+from scfm.models.adapters import (
+    VelocityAdapter,
+    expand_batch,
+    read_component_config,
+    register_adapter,
+    vae_decode_latents,
+    vae_encode_images,
+)
 
 FLUX_LORA_TARGETS: tuple[str, ...] = (
     # embedders
@@ -81,7 +88,9 @@ def unpack_latents(tokens: torch.Tensor, height: int, width: int) -> torch.Tenso
     return x.reshape(b, d // 4, height, width)
 
 
-def latent_image_ids(height: int, width: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def latent_image_ids(
+    height: int, width: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Position ids [H/2 * W/2, 3] = (0, row, col) of the packed tokens (``_prepare_latent_image_ids``)."""
     h2, w2 = height // 2, width // 2
     ids = torch.zeros(h2, w2, 3)
@@ -97,7 +106,9 @@ def draw_guidance(batch_size: int, generator: torch.Generator, low: float = 0.0,
     return low + (high - low) * torch.rand(batch_size, generator=generator, dtype=torch.float32)
 
 
-def with_guidance(data: Iterable[dict[str, Any]], generator: torch.Generator, low: float = 0.0, high: float = 7.5) -> Iterator[dict[str, Any]]:
+def with_guidance(
+    data: Iterable[dict[str, Any]], generator: torch.Generator, low: float = 0.0, high: float = 7.5
+) -> Iterator[dict[str, Any]]:
     """Yield each batch of ``data`` with a fresh per-sample ``guidance`` [B] drawn by :func:`draw_guidance`."""
     for batch in data:
         yield {**batch, "guidance": draw_guidance(batch["x0"].shape[0], generator, low, high)}
@@ -124,9 +135,13 @@ class FluxAdapter(VelocityAdapter):
         super().__init__(transformer)
         cfg = transformer.config
         if getattr(cfg, "patch_size", 1) != 1:
-            raise ValueError(f"FluxAdapter expects a transformer with patch_size=1 (2x2 packing is done here), got {cfg.patch_size}")
+            raise ValueError(
+                f"FluxAdapter expects a transformer with patch_size=1 (2x2 packing is done here), got {cfg.patch_size}"
+            )
         if cfg.in_channels % 4:
-            raise ValueError(f"transformer in_channels={cfg.in_channels} is not 4 x latent channels; this is not a Flux-layout transformer")
+            raise ValueError(
+                f"transformer in_channels={cfg.in_channels} is not 4 x latent channels; this is not a Flux-layout transformer"
+            )
 
     @property
     def latent_channels(self) -> int:
@@ -148,10 +163,14 @@ class FluxAdapter(VelocityAdapter):
         if h % 2 or w % 2:
             raise ValueError(f"Flux latents need even height and width (2x2 packing), got {h}x{w}")
         if c != self.latent_channels:
-            raise ValueError(f"x has {c} channels but this Flux transformer expects {self.latent_channels} (in_channels={4 * self.latent_channels} after 2x2 packing)")
+            raise ValueError(
+                f"x has {c} channels but this Flux transformer expects {self.latent_channels} (in_channels={4 * self.latent_channels} after 2x2 packing)"
+            )
         for key in ("prompt_embeds", "pooled_prompt_embeds"):
             if key not in cond:
-                raise ValueError(f"FluxAdapter needs cond {key!r} (prompt_embeds [B, L, D], pooled_prompt_embeds [B, P]); got keys {sorted(cond)}")
+                raise ValueError(
+                    f"FluxAdapter needs cond {key!r} (prompt_embeds [B, L, D], pooled_prompt_embeds [B, P]); got keys {sorted(cond)}"
+                )
         dtype, device = self.dtype, x.device
         prompt = expand_batch(cond["prompt_embeds"], b, "prompt_embeds").to(device, dtype)
         pooled = expand_batch(cond["pooled_prompt_embeds"], b, "pooled_prompt_embeds").to(device, dtype)
@@ -173,7 +192,9 @@ class FluxAdapter(VelocityAdapter):
     @torch.no_grad()
     def encode_prompts(cls, pipe: Any, prompts: list[str], device: torch.device | str) -> dict[str, torch.Tensor]:
         """``{"prompt_embeds": [B, L, D] (T5, L = 512), "pooled_prompt_embeds": [B, P] (CLIP)}`` on ``device``."""
-        prompt_embeds, pooled, _ = pipe.encode_prompt(prompt=list(prompts), prompt_2=None, device=device, num_images_per_prompt=1)
+        prompt_embeds, pooled, _ = pipe.encode_prompt(
+            prompt=list(prompts), prompt_2=None, device=device, num_images_per_prompt=1
+        )
         return {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}
 
     @classmethod
@@ -191,13 +212,21 @@ class FluxAdapter(VelocityAdapter):
         """FluxPipeline samples (its own dynamic-shift schedule, embedded guidance ``guidance``,
         ignored by FLUX.1-schnell) unpacked to x0 [B, C, height/f, width/f] float32."""
         packed = pipe(
-            prompt=list(prompts), height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
-            generator=generator, output_type="latent", return_dict=False,
+            prompt=list(prompts),
+            height=height,
+            width=width,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generator,
+            output_type="latent",
+            return_dict=False,
         )[0]
         return pipe._unpack_latents(packed, height, width, pipe.vae_scale_factor).float()
 
     @classmethod
-    def encode_images(cls, pipe: Any, images: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+    def encode_images(
+        cls, pipe: Any, images: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None
+    ) -> torch.Tensor:
         """VAE encode [-1, 1] images -> ``(z - shift_factor) * scaling_factor`` [B, C, H/f, W/f] float32."""
         return vae_encode_images(pipe.vae, images, generator)
 
@@ -216,7 +245,9 @@ class FluxAdapter(VelocityAdapter):
     def _guidance(self, value: Any, batch_size: int, device: torch.device) -> torch.Tensor | None:
         if not self.has_guidance:
             if value is not None:
-                raise ValueError("this Flux transformer has no guidance embedding (guidance_embeds=False, e.g. FLUX.1-schnell); drop the 'guidance' cond key")
+                raise ValueError(
+                    "this Flux transformer has no guidance embedding (guidance_embeds=False, e.g. FLUX.1-schnell); drop the 'guidance' cond key"
+                )
             return None
         if value is None:
             raise ValueError(

@@ -43,8 +43,8 @@ from typing import Any
 
 import torch
 
-from scfm.models.cfg import CFG_MODES, TrueCFG, combine_cfg  # noqa: F401  (CFG_MODES re-exported)
 from scfm.models.adapters import VelocityAdapter, expand_batch, register_adapter, vae_decode_latents, vae_encode_images
+from scfm.models.cfg import CFG_MODES, TrueCFG, combine_cfg  # noqa: F401  (CFG_MODES re-exported)
 
 SD3_LORA_TARGETS: tuple[str, ...] = (
     # embedders (the reference also lists "pos_embed.proj", a Conv2d: scfm's LoRA adapts Linear layers only)
@@ -118,7 +118,9 @@ class SD3Adapter(TrueCFG, VelocityAdapter):
             raise ValueError(f"SD3 latents need height and width divisible by patch_size={p}, got {h}x{w}")
         for key in ("prompt_embeds", "pooled_prompt_embeds"):
             if key not in cond:
-                raise ValueError(f"SD3Adapter needs cond {key!r} (prompt_embeds [B, L, D], pooled_prompt_embeds [B, P]); got keys {sorted(cond)}")
+                raise ValueError(
+                    f"SD3Adapter needs cond {key!r} (prompt_embeds [B, L, D], pooled_prompt_embeds [B, P]); got keys {sorted(cond)}"
+                )
         dtype, device = self.dtype, x.device
         prompt = expand_batch(cond["prompt_embeds"], b, "prompt_embeds").to(device, dtype)
         pooled = expand_batch(cond["pooled_prompt_embeds"], b, "pooled_prompt_embeds").to(device, dtype)
@@ -127,18 +129,25 @@ class SD3Adapter(TrueCFG, VelocityAdapter):
             return self._call(hidden, timestep, prompt, pooled).to(x.dtype)
         self._require_negative(cond, ("negative_prompt_embeds", "negative_pooled_prompt_embeds"))
         neg = expand_batch(cond["negative_prompt_embeds"], b, "negative_prompt_embeds").to(device, dtype)
-        neg_pooled = expand_batch(cond["negative_pooled_prompt_embeds"], b, "negative_pooled_prompt_embeds").to(device, dtype)
+        neg_pooled = expand_batch(cond["negative_pooled_prompt_embeds"], b, "negative_pooled_prompt_embeds").to(
+            device, dtype
+        )
         if neg.shape != prompt.shape or neg_pooled.shape != pooled.shape:
             raise ValueError(
                 f"negative embeddings {tuple(neg.shape)}, {tuple(neg_pooled.shape)} must match the prompt's {tuple(prompt.shape)}, "
                 f"{tuple(pooled.shape)} (encode both with the same max_sequence_length)"
             )
         both = self._call(
-            torch.cat([hidden, hidden]), torch.cat([timestep, timestep]), torch.cat([prompt, neg]), torch.cat([pooled, neg_pooled])
+            torch.cat([hidden, hidden]),
+            torch.cat([timestep, timestep]),
+            torch.cat([prompt, neg]),
+            torch.cat([pooled, neg_pooled]),
         )
         return combine_cfg(both.to(x.dtype), self.guidance_scale)
 
-    def _call(self, hidden: torch.Tensor, timestep: torch.Tensor, prompt: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    def _call(
+        self, hidden: torch.Tensor, timestep: torch.Tensor, prompt: torch.Tensor, pooled: torch.Tensor
+    ) -> torch.Tensor:
         return self.transformer(
             hidden_states=hidden,
             timestep=timestep,
@@ -156,8 +165,15 @@ class SD3Adapter(TrueCFG, VelocityAdapter):
         embeds, _, pooled, _ = pipe.encode_prompt(
             prompt=list(prompts), prompt_2=None, prompt_3=None, device=device, do_classifier_free_guidance=False
         )
-        neg, _, neg_pooled, _ = pipe.encode_prompt(prompt=[""], prompt_2=None, prompt_3=None, device=device, do_classifier_free_guidance=False)
-        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "negative_prompt_embeds": neg, "negative_pooled_prompt_embeds": neg_pooled}
+        neg, _, neg_pooled, _ = pipe.encode_prompt(
+            prompt=[""], prompt_2=None, prompt_3=None, device=device, do_classifier_free_guidance=False
+        )
+        return {
+            "prompt_embeds": embeds,
+            "pooled_prompt_embeds": pooled,
+            "negative_prompt_embeds": neg,
+            "negative_pooled_prompt_embeds": neg_pooled,
+        }
 
     @classmethod
     @torch.no_grad()
@@ -178,13 +194,21 @@ class SD3Adapter(TrueCFG, VelocityAdapter):
         ``v_neg + s (v_c - v_neg)``), so w = 0 means no CFG. Returns x0 [B, C, h, w] float32.
         """
         latents = pipe(
-            prompt=list(prompts), height=height, width=width, num_inference_steps=steps, guidance_scale=float(guidance) + 1.0,
-            generator=generator, output_type="latent", return_dict=False,
+            prompt=list(prompts),
+            height=height,
+            width=width,
+            num_inference_steps=steps,
+            guidance_scale=float(guidance) + 1.0,
+            generator=generator,
+            output_type="latent",
+            return_dict=False,
         )[0]
         return latents.float()
 
     @classmethod
-    def encode_images(cls, pipe: Any, images: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+    def encode_images(
+        cls, pipe: Any, images: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None
+    ) -> torch.Tensor:
         """VAE encode [-1, 1] images -> ``(z - shift_factor) * scaling_factor`` [B, C, H/f, W/f] float32."""
         return vae_encode_images(pipe.vae, images, generator)
 

@@ -100,7 +100,9 @@ version is in diffusers' WanPipeline example. Not the default: the spec's defaul
 # ----------------------------------------------------------------------------- latent normalization
 
 
-def latent_stats(vae: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def latent_stats(
+    vae: torch.nn.Module, device: torch.device | str, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(latents_mean, latents_std)`` of an ``AutoencoderKLWan`` config, each [1, z_dim, 1, 1, 1]."""
     cfg = vae.config
     shape = (1, int(cfg.z_dim), 1, 1, 1)
@@ -160,7 +162,13 @@ class WanAdapter(TrueCFG, VelocityAdapter):
     max_sequence_length: ClassVar[int] = 512
     """Text tokens per prompt, zero-padded: WanPipeline.__call__'s default (its encode_prompt defaults to 226)."""
 
-    def __init__(self, transformer: torch.nn.Module, guidance_scale: float = 3.5, cfg_mode: str = "runtime", negative_prompt: str = "") -> None:
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        guidance_scale: float = 3.5,
+        cfg_mode: str = "runtime",
+        negative_prompt: str = "",
+    ) -> None:
         super().__init__(transformer)
         cfg = transformer.config
         if getattr(cfg, "image_dim", None) is not None or cfg.in_channels != (cfg.out_channels or cfg.in_channels):
@@ -203,7 +211,9 @@ class WanAdapter(TrueCFG, VelocityAdapter):
             raise ValueError(f"x has {c} channels but this Wan transformer expects in_channels={self.latent_channels}")
         p_t, p_h, p_w = self.patch_size
         if f % p_t or h % p_h or w % p_w:
-            raise ValueError(f"Wan latents [F, h, w] = [{f}, {h}, {w}] must be divisible by patch_size={self.patch_size}")
+            raise ValueError(
+                f"Wan latents [F, h, w] = [{f}, {h}, {w}] must be divisible by patch_size={self.patch_size}"
+            )
         return t
 
     # ------------------------------------------------------------------ velocity
@@ -212,7 +222,9 @@ class WanAdapter(TrueCFG, VelocityAdapter):
         self._check_cond(cond)
         t = self._check_x_t(x, t)
         if "prompt_embeds" not in cond:
-            raise ValueError(f"WanAdapter needs cond 'prompt_embeds' [B, L, D] (UMT5 embeddings); got keys {sorted(cond)}")
+            raise ValueError(
+                f"WanAdapter needs cond 'prompt_embeds' [B, L, D] (UMT5 embeddings); got keys {sorted(cond)}"
+            )
         b, dtype, device = x.shape[0], self.dtype, x.device
         prompt = expand_batch(cond["prompt_embeds"], b, "prompt_embeds").to(device, dtype)
         hidden, timestep = x.to(dtype), (t * 1000).to(torch.float32)
@@ -229,12 +241,16 @@ class WanAdapter(TrueCFG, VelocityAdapter):
         return combine_cfg(both.to(x.dtype), self.guidance_scale)
 
     def _call(self, hidden: torch.Tensor, timestep: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-        return self.transformer(hidden_states=hidden, timestep=timestep, encoder_hidden_states=prompt, return_dict=False)[0]
+        return self.transformer(
+            hidden_states=hidden, timestep=timestep, encoder_hidden_states=prompt, return_dict=False
+        )[0]
 
     # ------------------------------------------------------------------ loading
     # ------------------------------------------------------------------ pipeline hooks
     @classmethod
-    def encode_prompts(cls, pipe: Any, prompts: list[str], device: torch.device | str, negative_prompt: str | None = None) -> dict[str, torch.Tensor]:
+    def encode_prompts(
+        cls, pipe: Any, prompts: list[str], device: torch.device | str, negative_prompt: str | None = None
+    ) -> dict[str, torch.Tensor]:
         """UMT5 embeddings for ``forward``: ``prompt_embeds`` [B, L, D] (one row per prompt) and
         ``negative_prompt_embeds`` [1, L, D] (``negative_prompt``, default ""), L = 512, in the
         text encoder's dtype on ``device``; one encoder call, no gradient."""
@@ -242,7 +258,10 @@ class WanAdapter(TrueCFG, VelocityAdapter):
         negative = cls.default_negative_prompt if negative_prompt is None else negative_prompt
         with torch.no_grad():
             embeds, _ = pipe.encode_prompt(
-                prompt=prompts + [negative], do_classifier_free_guidance=False, max_sequence_length=cls.max_sequence_length, device=device
+                prompt=prompts + [negative],
+                do_classifier_free_guidance=False,
+                max_sequence_length=cls.max_sequence_length,
+                device=device,
             )
         return {"prompt_embeds": embeds[:-1], "negative_prompt_embeds": embeds[-1:]}
 
@@ -276,12 +295,16 @@ class WanAdapter(TrueCFG, VelocityAdapter):
         frames = cls.num_frames if num_frames is None else int(num_frames)
         temporal = int(pipe.vae_scale_factor_temporal)
         if frames < 1 or (frames - 1) % temporal:
-            raise ValueError(f"num_frames={frames} must be {temporal}k + 1 (e.g. 5, 49, 81): the Wan VAE compresses time by {temporal}")
+            raise ValueError(
+                f"num_frames={frames} must be {temporal}k + 1 (e.g. 5, 49, 81): the Wan VAE compresses time by {temporal}"
+            )
         p_h, p_w = pipe.transformer.config.patch_size[1:]
         spatial = int(pipe.vae_scale_factor_spatial)
         multiple_h, multiple_w = math.lcm(16, spatial * p_h), math.lcm(16, spatial * p_w)
         if height % multiple_h or width % multiple_w:
-            raise ValueError(f"height={height}, width={width} must be multiples of {multiple_h} x {multiple_w} pixels (vae scale x patch, and 16)")
+            raise ValueError(
+                f"height={height}, width={width} must be multiples of {multiple_h} x {multiple_w} pixels (vae scale x patch, and 16)"
+            )
         negative = cls.default_negative_prompt if negative_prompt is None else negative_prompt
         out = pipe(
             prompt=prompts,
@@ -308,13 +331,17 @@ class WanAdapter(TrueCFG, VelocityAdapter):
         vae = read_component_config(path_or_id, "vae", local_files_only)
         if not vae:
             return None
-        spatial = vae.get("scale_factor_spatial") or 2 ** (len(vae.get("dim_mult") or [1, 2, 4, 4]) - 1) * int(vae.get("patch_size") or 1)
+        spatial = vae.get("scale_factor_spatial") or 2 ** (len(vae.get("dim_mult") or [1, 2, 4, 4]) - 1) * int(
+            vae.get("patch_size") or 1
+        )
         transformer = read_component_config(path_or_id, "transformer", local_files_only) or {}
         patch = transformer.get("patch_size") or (1, 2, 2)
         return math.lcm(16, int(spatial) * int(patch[1]), int(spatial) * int(patch[2]))
 
     @classmethod
-    def encode_images(cls, pipe: Any, images: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+    def encode_images(
+        cls, pipe: Any, images: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None
+    ) -> torch.Tensor:
         """Videos [B, 3, F, H, W] in [-1, 1] -> x0 [B, C, (F - 1) / 4 + 1, H / 8, W / 8] float32 (normalized latents).
 
         Images [B, 3, H, W] (``scfm generate-data --images``) are encoded as one-frame videos
@@ -326,7 +353,9 @@ class WanAdapter(TrueCFG, VelocityAdapter):
         if images.dim() == 4:
             images = images.unsqueeze(2)
         if images.dim() != 5 or images.shape[1] != 3:
-            raise ValueError(f"encode_images expects videos [B, 3, F, H, W] (or images [B, 3, H, W]) in [-1, 1], got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"encode_images expects videos [B, 3, F, H, W] (or images [B, 3, H, W]) in [-1, 1], got shape {tuple(images.shape)}"
+            )
         temporal = int(pipe.vae_scale_factor_temporal)
         if (images.shape[2] - 1) % temporal:
             raise ValueError(f"videos have {images.shape[2]} frames; the Wan VAE needs {temporal}k + 1 (e.g. 1, 5, 81)")
@@ -340,7 +369,9 @@ class WanAdapter(TrueCFG, VelocityAdapter):
         """Normalized latents x0 [B, C, F, h, w] -> videos [B, 3, 4(F - 1) + 1, 8h, 8w] float32 in [0, 1]."""
         vae = pipe.vae
         if x0.dim() != 5 or x0.shape[1] != vae.config.z_dim:
-            raise ValueError(f"decode_latents expects latents [B, {vae.config.z_dim}, F, h, w], got shape {tuple(x0.shape)}")
+            raise ValueError(
+                f"decode_latents expects latents [B, {vae.config.z_dim}, F, h, w], got shape {tuple(x0.shape)}"
+            )
         with torch.no_grad():
             z = denormalize_latents(x0.to(vae.device, torch.float32), vae).to(vae.dtype)
             video = vae.decode(z, return_dict=False)[0]

@@ -32,7 +32,7 @@ class ConsistencyPlan:
     t: torch.Tensor
     s: torch.Tensor
 
-    def select(self, rows: slice) -> "ConsistencyPlan":
+    def select(self, rows: slice) -> ConsistencyPlan:
         return ConsistencyPlan(t=self.t[rows], s=self.s[rows])
 
 

@@ -61,9 +61,7 @@ def time_grid(
     return grid
 
 
-def batched_grid_points(
-    n: torch.Tensor, index: torch.Tensor, shift: torch.Tensor
-) -> torch.Tensor:
+def batched_grid_points(n: torch.Tensor, index: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Grid point ``index`` of a per-sample grid with ``n`` steps and fixed-shift factor ``shift``.
 
     n [B] int64 (>= 1), index [B] or [B, K] int64 in 0..n, shift [B] float (the effective

@@ -51,7 +51,9 @@ class PlanConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field, the bad value and the fix."""
         if self.t_skip < 2 or self.t_skip % 2:
-            raise ValueError(f"t_skip={self.t_skip} must be an even integer >= 2 (half the sub-steps come from the slow EMA)")
+            raise ValueError(
+                f"t_skip={self.t_skip} must be an even integer >= 2 (half the sub-steps come from the slow EMA)"
+            )
         for name in ("teacher_ratio", "fm_ratio", "resolution_shift_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -62,9 +64,13 @@ class PlanConfig:
         for name, sizes in (("teacher_min/teacher_max", (self.teacher_min, self.teacher_max)), ("self_grids", grids)):
             bad = [n for n in sizes if n < self.t_skip or n % self.t_skip]
             if bad:
-                raise ValueError(f"{name} contain {bad}: every grid size must be a positive multiple of t_skip={self.t_skip}")
+                raise ValueError(
+                    f"{name} contain {bad}: every grid size must be a positive multiple of t_skip={self.t_skip}"
+                )
         if not grids and self.teacher_ratio < 1.0:
-            raise ValueError(f"no self-branch grid below teacher_min={self.teacher_min} for t_skip={self.t_skip}; lower t_skip or set self_grids")
+            raise ValueError(
+                f"no self-branch grid below teacher_min={self.teacher_min} for t_skip={self.t_skip}; lower t_skip or set self_grids"
+            )
         lo, hi = self.shift_range
         if not 0 < lo <= hi:
             raise ValueError(f"shift_range={self.shift_range} must satisfy 0 < lo <= hi")
@@ -89,7 +95,7 @@ class ShortcutPlan:
     dt: torch.Tensor
     t_skip: int = field(default=2)
 
-    def select(self, rows: slice) -> "ShortcutPlan":
+    def select(self, rows: slice) -> ShortcutPlan:
         """The plan of rows ``rows`` (a process's slice of the global batch)."""
         names = ("is_fm", "is_teacher", "n", "shift", "start", "t", "dt")
         return replace(self, **{name: getattr(self, name)[rows] for name in names})
@@ -146,7 +152,7 @@ def draw_plan(
     self_sizes = cfg.resolved_self_grids() or teacher_sizes
     n = torch.where(is_teacher, _pick(teacher_sizes, b, generator), _pick(self_sizes, b, generator))
     lo, hi = cfg.shift_range
-    shift = (lo + (hi - lo) * torch.rand(b, generator=generator, dtype=torch.float64))
+    shift = lo + (hi - lo) * torch.rand(b, generator=generator, dtype=torch.float64)
     use_res = torch.rand(b, generator=generator, dtype=torch.float64) < cfg.resolution_shift_prob
     if seq_len is not None and cfg.resolution_shift_prob > 0:
         shift = torch.where(use_res, torch.exp(torch.tensor(resolution_mu(seq_len), dtype=torch.float64)), shift)

@@ -16,7 +16,9 @@ from scfm.train.config import DistillConfig
 def _toy_name(spec: str, field: str) -> str:
     name = spec.split(":", 1)[1] if ":" in spec else ""
     if name not in TOY2D_NAMES:
-        raise ValueError(f"{field}={spec!r}: unknown 2-D distribution {name!r}; use toy2d:<name> with name in {TOY2D_NAMES}")
+        raise ValueError(
+            f"{field}={spec!r}: unknown 2-D distribution {name!r}; use toy2d:<name> with name in {TOY2D_NAMES}"
+        )
     return name
 
 
@@ -29,7 +31,9 @@ def build_teacher(config: DistillConfig, device: torch.device) -> nn.Module:
         return load_shipped_teacher(f"toy2d:{_toy_name(spec, 'teacher')}", device=str(device))
     if Path(spec).suffix == ".safetensors":
         return load_builtin(spec, device=str(device))
-    raise ValueError(f"teacher={spec!r} is not 'digits', 'toy2d:<name>' or a .safetensors file written by `scfm pretrain`")
+    raise ValueError(
+        f"teacher={spec!r} is not 'digits', 'toy2d:<name>' or a .safetensors file written by `scfm pretrain`"
+    )
 
 
 def build_data(config: DistillConfig):
@@ -58,7 +62,9 @@ def validation_fn(config: DistillConfig, logger_dir: str | None):
     def run(engine) -> None:
         device = engine.device
         cond = {"label": labels.to(device)} if digits else {}
-        shots = [(f"student euler {n}", sample(engine.model, noise.to(device), steps=n, **cond).cpu()) for n in (1, 2, 4)]
+        shots = [
+            (f"student euler {n}", sample(engine.model, noise.to(device), steps=n, **cond).cpu()) for n in (1, 2, 4)
+        ]
         engine.model.train()
         path = out / f"step_{engine.step:08d}.png"
         (save_comparison_grid if digits else save_scatter_2d)(shots, path)

@@ -33,7 +33,13 @@ def checkpoint_root(output_dir: str | os.PathLike) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
-def save_checkpoint(output_dir: str | os.PathLike, step: int, groups: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any], keep: int = 3) -> Path:
+def save_checkpoint(
+    output_dir: str | os.PathLike,
+    step: int,
+    groups: dict[str, dict[str, torch.Tensor]],
+    meta: dict[str, Any],
+    keep: int = 3,
+) -> Path:
     """Write checkpoint ``step``; afterwards delete all but the newest ``keep`` (0 keeps all)."""
     root = checkpoint_root(output_dir)
     final = root / f"{PREFIX}{step:08d}"
@@ -63,8 +69,8 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     root = checkpoint_root(output_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX) :].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
@@ -88,7 +94,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, dict[str, torch.
     return groups, meta
 
 
-def resolve_resume(output_dir: str | os.PathLike, resume: str) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any], Path]:
+def resolve_resume(
+    output_dir: str | os.PathLike, resume: str
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any], Path]:
     """``resume`` is ``"latest"`` (newest good checkpoint in output_dir, falling back past
     corrupt ones with a warning) or a checkpoint folder path."""
     if resume != "latest":
@@ -96,7 +104,9 @@ def resolve_resume(output_dir: str | os.PathLike, resume: str) -> tuple[dict[str
         return groups, meta, Path(resume)
     candidates = list_checkpoints(output_dir)
     if not candidates:
-        raise FileNotFoundError(f"--resume latest: no checkpoint in {str(checkpoint_root(output_dir))!r}; start without --resume")
+        raise FileNotFoundError(
+            f"--resume latest: no checkpoint in {str(checkpoint_root(output_dir))!r}; start without --resume"
+        )
     for path in reversed(candidates):
         try:
             groups, meta = load_checkpoint(path)

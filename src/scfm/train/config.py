@@ -143,16 +143,26 @@ class DistillConfig:
         )
 
     def lora_spec(self) -> LoraSpec:
-        return LoraSpec(targets=tuple(self.lora_targets), rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout)
+        return LoraSpec(
+            targets=tuple(self.lora_targets), rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout
+        )
 
-    def validate(self) -> "DistillConfig":
+    def validate(self) -> DistillConfig:
         """Raise ``ValueError`` naming the field, the bad value and the allowed range."""
         positive = ("max_steps", "batch_size", "lora_rank", "log_every", "grad_accum")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
-        nonneg = ("warmup_steps", "ema_restart_every", "seed", "checkpoint_every", "keep_checkpoints", "validate_every", "max_skipped_steps")
+        nonneg = (
+            "warmup_steps",
+            "ema_restart_every",
+            "seed",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "validate_every",
+            "max_skipped_steps",
+        )
         for name in nonneg:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
@@ -197,27 +207,35 @@ class DistillConfig:
         if not self.cfg_scale >= 0:
             raise ValueError(f"cfg_scale={self.cfg_scale!r} must be >= 0 (0 = no guidance)")
         if not 0 <= self.guidance_min <= self.guidance_max:
-            raise ValueError(f"guidance_min={self.guidance_min!r}, guidance_max={self.guidance_max!r}: need 0 <= guidance_min <= guidance_max")
+            raise ValueError(
+                f"guidance_min={self.guidance_min!r}, guidance_max={self.guidance_max!r}: need 0 <= guidance_min <= guidance_max"
+            )
         if self.model_dtype not in MODEL_DTYPES:
             raise ValueError(f"model_dtype={self.model_dtype!r} must be one of {MODEL_DTYPES}")
         diffusers_teacher = self.teacher.startswith(DIFFUSERS_PREFIX)
         cache_data = self.data.startswith(CACHE_PREFIX)
-        if diffusers_teacher and not self.teacher[len(DIFFUSERS_PREFIX):].strip():
+        if diffusers_teacher and not self.teacher[len(DIFFUSERS_PREFIX) :].strip():
             raise ValueError(f"teacher={self.teacher!r} names no model: use diffusers:<pipeline folder or Hub id>")
-        if cache_data and not self.data[len(CACHE_PREFIX):].strip():
+        if cache_data and not self.data[len(CACHE_PREFIX) :].strip():
             raise ValueError(f"data={self.data!r} names no folder: use cache:<dir written by scfm generate-data>")
         if diffusers_teacher and not cache_data:
-            raise ValueError(f"teacher={self.teacher!r} distills from a teacher cache: set data: cache:<dir> (make one with scfm generate-data), not data={self.data!r}")
+            raise ValueError(
+                f"teacher={self.teacher!r} distills from a teacher cache: set data: cache:<dir> (make one with scfm generate-data), not data={self.data!r}"
+            )
         if cache_data and not diffusers_teacher:
-            raise ValueError(f"data={self.data!r} is a diffusers teacher cache: set teacher: diffusers:<the model the cache was made with>, not teacher={self.teacher!r}")
+            raise ValueError(
+                f"data={self.data!r} is a diffusers teacher cache: set teacher: diffusers:<the model the cache was made with>, not teacher={self.teacher!r}"
+            )
         if diffusers_teacher and self.validate_every:
-            raise ValueError(f"validate_every={self.validate_every} works for built-in models only; set it to 0 for a diffusers teacher and look at checkpoints with scfm sample")
+            raise ValueError(
+                f"validate_every={self.validate_every} works for built-in models only; set it to 0 for a diffusers teacher and look at checkpoints with scfm sample"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "DistillConfig":
+    def from_dict(cls, values: dict[str, Any]) -> DistillConfig:
         """Build from a dict; unknown keys raise ``ValueError`` listing the valid ones."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)

@@ -33,12 +33,12 @@ def is_diffusers_run(config: DistillConfig) -> bool:
 
 def model_path(config: DistillConfig) -> str:
     """The pipeline folder / Hub id of ``teacher: diffusers:<...>``."""
-    return config.teacher[len(DIFFUSERS_PREFIX):].strip()
+    return config.teacher[len(DIFFUSERS_PREFIX) :].strip()
 
 
 def cache_path(config: DistillConfig) -> Path:
     """The cache folder of ``data: cache:<dir>``."""
-    return Path(config.data[len(CACHE_PREFIX):].strip()).expanduser()
+    return Path(config.data[len(CACHE_PREFIX) :].strip()).expanduser()
 
 
 def adapter_kwargs(adapter_cls: type[VelocityAdapter], config: DistillConfig) -> dict[str, Any]:
@@ -65,8 +65,14 @@ def check_cache(config: DistillConfig, adapter_cls: type[VelocityAdapter]) -> di
         )
     if meta.get("model") != model_id(model_path(config)):
         print(f"note: cache {cache} was generated with model {meta.get('model')!r}; distilling {model_path(config)!r}")
-    if "cfg_mode" in adapter_kwargs(adapter_cls, config) and config.cfg_mode != "none" and not (cache / SHARED_FILE).is_file():
-        raise ValueError(f"cfg_mode={config.cfg_mode!r} needs the negative-prompt embeddings, but {cache} has no {SHARED_FILE}; regenerate the cache or set cfg_mode: none")
+    if (
+        "cfg_mode" in adapter_kwargs(adapter_cls, config)
+        and config.cfg_mode != "none"
+        and not (cache / SHARED_FILE).is_file()
+    ):
+        raise ValueError(
+            f"cfg_mode={config.cfg_mode!r} needs the negative-prompt embeddings, but {cache} has no {SHARED_FILE}; regenerate the cache or set cfg_mode: none"
+        )
     return meta
 
 
@@ -82,7 +88,10 @@ def build_teacher(config: DistillConfig, device: torch.device | str | None = Non
     path = model_path(config)
     adapter_cls = adapter_class_for(path, config.local_files_only)
     teacher = adapter_cls.from_pretrained(
-        path, subfolder="transformer", torch_dtype=MODEL_DTYPES[config.model_dtype], local_files_only=config.local_files_only,
+        path,
+        subfolder="transformer",
+        torch_dtype=MODEL_DTYPES[config.model_dtype],
+        local_files_only=config.local_files_only,
         adapter_kwargs=adapter_kwargs(adapter_cls, config),
     )
     teacher.requires_grad_(False)

@@ -66,7 +66,9 @@ class Distiller:
         self.names = [_strip(n) for n, _ in named]
         self.params = [p for _, p in named]
         self.ema = FastSlowEMA(self.names, self.params, config.fast_decay, config.slow_decay)
-        self.step_fn = STEP_CLASSES[config.objective](self.model, self.params, self.ema, config.plan_config(), config.mixed_precision, config.target_precision)
+        self.step_fn = STEP_CLASSES[config.objective](
+            self.model, self.params, self.ema, config.plan_config(), config.mixed_precision, config.target_precision
+        )
         self.opt = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.mixed_precision == "fp16")
@@ -82,7 +84,9 @@ class Distiller:
 
     def _local_slice(self, size: int) -> slice:
         if size % self.world_size:
-            raise ValueError(f"batch size {size} is not divisible by the {self.world_size} processes; set batch_size to a multiple")
+            raise ValueError(
+                f"batch size {size} is not divisible by the {self.world_size} processes; set batch_size to a multiple"
+            )
         per = size // self.world_size
         return slice(self.rank * per, (self.rank + 1) * per)
 
@@ -90,13 +94,27 @@ class Distiller:
         """Loss of this process's slice of one global batch (scaled for averaging over ranks)."""
         x0_all = batch["x0"]
         size = x0_all.shape[0]
-        plan = self.step_fn.draw(size, self.plan_gen, seq_len=self.seq_len_fn(x0_all) if self.seq_len_fn else None, dtype=x0_all.dtype, device=self.device)
+        plan = self.step_fn.draw(
+            size,
+            self.plan_gen,
+            seq_len=self.seq_len_fn(x0_all) if self.seq_len_fn else None,
+            dtype=x0_all.dtype,
+            device=self.device,
+        )
         eps_all = torch.randn(x0_all.shape, generator=self.noise_gen, device=self.device, dtype=x0_all.dtype)
         local = self._local_slice(size)
         plan = plan.select(local)
         x0 = x0_all[local].to(self.device, non_blocking=True)
         eps = eps_all[local]
-        cond = {k: (v[local].to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == size else v) for k, v in batch.items() if k != "x0"}
+        cond = {
+            k: (
+                v[local].to(self.device, non_blocking=True)
+                if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == size
+                else v
+            )
+            for k, v in batch.items()
+            if k != "x0"
+        }
         out = self.step_fn.loss(x0, eps, plan, cond)
         stats = {
             "loss": out.loss.total.detach(),
@@ -117,7 +135,7 @@ class Distiller:
         offset = 0
         for p, g in zip(self.params, grads):
             n = g.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
             offset += n
 
     def _all_reduce_flag(self, bad: bool) -> bool:
@@ -168,18 +186,33 @@ class Distiller:
             )
         self.skipped += 1
         if self.skipped > self.config.max_skipped_steps:
-            raise FloatingPointError(f"{self.skipped} steps skipped for non-finite {what} (max_skipped_steps={self.config.max_skipped_steps}); stopping")
+            raise FloatingPointError(
+                f"{self.skipped} steps skipped for non-finite {what} (max_skipped_steps={self.config.max_skipped_steps}); stopping"
+            )
         return None
 
     # ---- checkpoint state -------------------------------------------------------------
-    def state_groups(self, data_state: dict[str, torch.Tensor] | None) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    def state_groups(
+        self, data_state: dict[str, torch.Tensor] | None
+    ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
         opt_tensors, opt_meta = optimizer_to_tensors(self.opt)
         rng = {"plan": self.plan_gen.get_state(), "noise": self.noise_gen.get_state()}
-        groups = {"lora": dict(zip(self.names, self.params)), "ema": self.ema.state_dict(), "optimizer": opt_tensors, "rng": rng}
+        groups = {
+            "lora": dict(zip(self.names, self.params)),
+            "ema": self.ema.state_dict(),
+            "optimizer": opt_tensors,
+            "rng": rng,
+        }
         if data_state:
             groups["data"] = data_state
-        meta = {"optimizer": opt_meta, "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
-                "skipped": self.skipped, "config": self.config.to_dict(), "history": self.history}
+        meta = {
+            "optimizer": opt_meta,
+            "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "skipped": self.skipped,
+            "config": self.config.to_dict(),
+            "history": self.history,
+        }
         return groups, meta
 
     @torch.no_grad()
@@ -189,7 +222,14 @@ class Distiller:
             raise ValueError("checkpoint LoRA does not match this model/config (different lora_targets or model?)")
         torch._foreach_copy_(self.params, [lora[n].to(self.device) for n in self.names])
         self.ema.load_state_dict({k: v.to(self.device) for k, v in groups["ema"].items()})
-        optimizer_from_tensors(self.opt, {k: v.to(self.device) if k.endswith(("exp_avg", "exp_avg_sq")) else v for k, v in groups["optimizer"].items()}, meta["optimizer"])
+        optimizer_from_tensors(
+            self.opt,
+            {
+                k: v.to(self.device) if k.endswith(("exp_avg", "exp_avg_sq")) else v
+                for k, v in groups["optimizer"].items()
+            },
+            meta["optimizer"],
+        )
         self.sched.load_state_dict(meta["scheduler"])
         self.scaler.load_state_dict(meta["scaler"])
         self.plan_gen.set_state(groups["rng"]["plan"])

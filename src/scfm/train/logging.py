@@ -24,13 +24,19 @@ class RunLogger:
 
                 self._tb = SummaryWriter(str(self.dir / "tensorboard"))
             except ImportError:
-                warnings.warn("logger=tensorboard but the tensorboard package is missing (pip install tensorboard); logging to metrics.jsonl only")
+                warnings.warn(
+                    "logger=tensorboard but the tensorboard package is missing (pip install tensorboard); logging to metrics.jsonl only"
+                )
         elif config.logger == "wandb":
             try:
                 import wandb
             except ImportError as err:
-                raise ValueError("logger=wandb but wandb is not installed: pip install wandb, or set logger=tensorboard") from err
-            self._wandb = wandb.init(project=config.extra.get("wandb_project", "scfm"), config=config.to_dict(), dir=str(self.dir))
+                raise ValueError(
+                    "logger=wandb but wandb is not installed: pip install wandb, or set logger=tensorboard"
+                ) from err
+            self._wandb = wandb.init(
+                project=config.extra.get("wandb_project", "scfm"), config=config.to_dict(), dir=str(self.dir)
+            )
 
     def log(self, record: dict[str, Any]) -> None:
         self._jsonl.write(json.dumps(record) + "\n")

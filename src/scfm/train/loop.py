@@ -37,21 +37,34 @@ def check_batch(batch: Any, teacher: nn.Module, device: torch.device) -> None:
         raise ValueError(f"data must yield dicts with an 'x0' tensor, got {type(batch).__name__}{keys}")
     x0 = batch["x0"]
     if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
-        raise ValueError(f"data x0 must be a floating-point tensor, got {getattr(x0, 'dtype', type(x0).__name__)}; convert it with x0.float()")
+        raise ValueError(
+            f"data x0 must be a floating-point tensor, got {getattr(x0, 'dtype', type(x0).__name__)}; convert it with x0.float()"
+        )
     if x0.dim() < 2:
         raise ValueError(f"data x0 has shape {tuple(x0.shape)}; expected [batch, ...] with at least 2 dims")
     for key, value in batch.items():
-        if isinstance(value, torch.Tensor) and value.dim() > 0 and key != "x0" and value.shape[0] not in (x0.shape[0], 1):
-            raise ValueError(f"data[{key!r}] has batch size {value.shape[0]} but x0 has {x0.shape[0]}; every tensor must share the batch dim (or have size 1 to broadcast)")
+        if (
+            isinstance(value, torch.Tensor)
+            and value.dim() > 0
+            and key != "x0"
+            and value.shape[0] not in (x0.shape[0], 1)
+        ):
+            raise ValueError(
+                f"data[{key!r}] has batch size {value.shape[0]} but x0 has {x0.shape[0]}; every tensor must share the batch dim (or have size 1 to broadcast)"
+            )
     probe = {k: (v[:1].to(device) if isinstance(v, torch.Tensor) and v.dim() > 0 else v) for k, v in batch.items()}
     x = probe.pop("x0")
     try:
         with torch.no_grad():
             v = teacher(x, torch.full((1,), 0.5, device=device, dtype=x.dtype), **probe)
     except Exception as err:
-        raise ValueError(f"teacher(x0[:1], t, **cond) failed on the first data batch (x0 shape {tuple(x0.shape)}, dtype {x0.dtype}): {err}") from err
+        raise ValueError(
+            f"teacher(x0[:1], t, **cond) failed on the first data batch (x0 shape {tuple(x0.shape)}, dtype {x0.dtype}): {err}"
+        ) from err
     if not isinstance(v, torch.Tensor) or v.shape != x.shape:
-        raise ValueError(f"teacher returned {getattr(v, 'shape', type(v).__name__)} for x0[:1] of shape {tuple(x.shape)}; the velocity must have x's shape")
+        raise ValueError(
+            f"teacher returned {getattr(v, 'shape', type(v).__name__)} for x0[:1] of shape {tuple(x.shape)}; the velocity must have x's shape"
+        )
 
 
 def _cycle(data: Iterable[dict], first_iter: Iterator[dict]) -> Iterator[dict]:
@@ -70,7 +83,9 @@ def _cycle(data: Iterable[dict], first_iter: Iterator[dict]) -> Iterator[dict]:
             return
 
 
-def _prepare_stream(data, config: DistillConfig, engine: Distiller, resume: str | None, teacher: nn.Module, device) -> Iterator[dict]:
+def _prepare_stream(
+    data, config: DistillConfig, engine: Distiller, resume: str | None, teacher: nn.Module, device
+) -> Iterator[dict]:
     batches = iter(data)
     try:
         first = next(batches)
@@ -136,7 +151,9 @@ def distill(
     teacher.to(device).eval()
     if config.gradient_checkpointing:
         if not hasattr(teacher, "enable_gradient_checkpointing"):
-            raise ValueError(f"gradient_checkpointing=True but {type(teacher).__name__} has no enable_gradient_checkpointing(); set it to false")
+            raise ValueError(
+                f"gradient_checkpointing=True but {type(teacher).__name__} has no enable_gradient_checkpointing(); set it to false"
+            )
         teacher.enable_gradient_checkpointing()
     seq_len_fn = getattr(teacher, "seq_len", None)
     engine = Distiller(teacher, config, device, seq_len_fn if callable(seq_len_fn) else None)
@@ -149,7 +166,9 @@ def distill(
 
         atomic_write_text(f"{config.output_dir}/config.yaml", dump_config(config))
     consumed = engine.step * config.grad_accum
-    bar = tqdm(total=config.max_steps, initial=engine.step, desc="scfm distill", disable=not progress or engine.rank != 0)
+    bar = tqdm(
+        total=config.max_steps, initial=engine.step, desc="scfm distill", disable=not progress or engine.rank != 0
+    )
     last = time.perf_counter()
     try:
         while engine.step < config.max_steps:
@@ -163,7 +182,9 @@ def distill(
             bar.update(1)
             if engine.step % config.log_every == 0 or engine.step == config.max_steps:
                 now = time.perf_counter()
-                record["samples_per_s"] = config.log_every * config.grad_accum * micro[0]["x0"].shape[0] / max(now - last, 1e-9)
+                record["samples_per_s"] = (
+                    config.log_every * config.grad_accum * micro[0]["x0"].shape[0] / max(now - last, 1e-9)
+                )
                 record["skipped_steps"] = engine.skipped
                 last = now
                 engine.history.append(record)
@@ -174,7 +195,11 @@ def distill(
                     on_log(record, engine)
             if on_validate is not None and config.validate_every and engine.step % config.validate_every == 0:
                 on_validate(engine)
-            if config.checkpoint_every and engine.step % config.checkpoint_every == 0 and engine.step < config.max_steps:
+            if (
+                config.checkpoint_every
+                and engine.step % config.checkpoint_every == 0
+                and engine.step < config.max_steps
+            ):
                 _save(engine, data, config, consumed)
     except KeyboardInterrupt:
         _save(engine, data, config, consumed)

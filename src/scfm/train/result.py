@@ -62,12 +62,14 @@ class DistilledModel:
         return directory
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, teacher: nn.Module) -> "DistilledModel":
+    def load(cls, directory: str | os.PathLike, teacher: nn.Module) -> DistilledModel:
         """Attach the saved LoRA to ``teacher`` (modified in place) and return the student."""
         directory = Path(directory)
         config_path = directory / CONFIG_FILE
         if not config_path.is_file():
-            raise FileNotFoundError(f"{str(config_path)!r} is missing: {str(directory)!r} is not a directory written by DistilledModel.save")
+            raise FileNotFoundError(
+                f"{str(config_path)!r} is missing: {str(directory)!r} is not a directory written by DistilledModel.save"
+            )
         try:
             saved = json.loads(config_path.read_text())
             config = DistillConfig.from_dict(saved["config"])

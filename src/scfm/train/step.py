@@ -37,14 +37,23 @@ class ShortcutStep:
     """Computes the SCFM loss for a batch with the student, both EMAs and the teacher
     (LoRA off) of one model. ``params`` are the live LoRA parameters."""
 
-    def __init__(self, model: nn.Module, params: list[nn.Parameter], ema: FastSlowEMA, plan_cfg: PlanConfig,
-                 mixed_precision: str = "no", target_precision: str = "same") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        params: list[nn.Parameter],
+        ema: FastSlowEMA,
+        plan_cfg: PlanConfig,
+        mixed_precision: str = "no",
+        target_precision: str = "same",
+    ) -> None:
         self.model, self.params, self.ema, self.plan_cfg = model, params, ema, plan_cfg
         self.switch = WeightSwitch(model, params)
         self.mixed_precision = mixed_precision
         self.target_precision = mixed_precision if target_precision == "same" else target_precision
 
-    def _forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, Any], precision: str | None = None) -> torch.Tensor:
+    def _forward(
+        self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, Any], precision: str | None = None
+    ) -> torch.Tensor:
         with autocast_context(x.device, precision or self.mixed_precision):
             return self.model(x, t, **cond).float()
 
@@ -63,7 +72,9 @@ class ShortcutStep:
     def sources(self) -> VelocitySources:
         return VelocitySources(teacher=self._teacher, fast=self._fast, slow=self._slow)
 
-    def draw(self, size: int, generator: torch.Generator, seq_len: int | None, dtype: torch.dtype, device: torch.device) -> ShortcutPlan:
+    def draw(
+        self, size: int, generator: torch.Generator, seq_len: int | None, dtype: torch.dtype, device: torch.device
+    ) -> ShortcutPlan:
         """The plan for one global batch of ``size`` rows (randomness from ``generator``)."""
         return draw_plan(size, self.plan_cfg, generator, seq_len=seq_len, dtype=dtype, device=device)
 
@@ -75,7 +86,9 @@ class ShortcutStep:
         with _student_pass(self.model):
             pred = self._forward(x_t, plan.t, cond)
         loss = scfm_loss(pred, target.target, plan)
-        return StepOutput(loss=loss, residual=consistency_residual(target.first_velocity, target.target, plan), batch_size=x0.shape[0])
+        return StepOutput(
+            loss=loss, residual=consistency_residual(target.first_velocity, target.target, plan), batch_size=x0.shape[0]
+        )
 
 
 class ConsistencyStep(ShortcutStep):
@@ -84,10 +97,14 @@ class ConsistencyStep(ShortcutStep):
     EMA as target network, MSE between implied x0 (see :mod:`scfm.objective.consistency`).
     Logged as the teacher part of the loss; the self/FM parts and the residual are nan."""
 
-    def draw(self, size: int, generator: torch.Generator, seq_len: int | None, dtype: torch.dtype, device: torch.device) -> ConsistencyPlan:
+    def draw(
+        self, size: int, generator: torch.Generator, seq_len: int | None, dtype: torch.dtype, device: torch.device
+    ) -> ConsistencyPlan:
         lo, hi = self.plan_cfg.shift_range
         shift = lo + (hi - lo) * float(torch.rand((), generator=generator, dtype=torch.float64))
-        return draw_consistency_plan(size, self.plan_cfg.teacher_min, generator, shift=shift, dtype=dtype, device=device)
+        return draw_consistency_plan(
+            size, self.plan_cfg.teacher_min, generator, shift=shift, dtype=dtype, device=device
+        )
 
     def loss(self, x0: torch.Tensor, eps: torch.Tensor, plan: ConsistencyPlan, cond: dict[str, Any]) -> StepOutput:
         x_t = interpolate(x0, eps, plan.t)

@@ -42,7 +42,9 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         except yaml.YAMLError as err:
             raise ValueError(f"config file {str(path)!r} is not valid YAML: {err}") from err
         if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"config file {str(path)!r} must hold a mapping of field: value, got {type(loaded).__name__}")
+            raise ValueError(
+                f"config file {str(path)!r} must hold a mapping of field: value, got {type(loaded).__name__}"
+            )
         values.update(loaded or {})
     values.update(parse_overrides(overrides))
     return DistillConfig.from_dict(values).validate()

@@ -14,7 +14,9 @@ class FastSlowEMA:
     ``names`` label the tensors in :meth:`state_dict`.
     """
 
-    def __init__(self, names: Sequence[str], params: Sequence[torch.Tensor], fast_decay: float = 0.99, slow_decay: float = 0.999) -> None:
+    def __init__(
+        self, names: Sequence[str], params: Sequence[torch.Tensor], fast_decay: float = 0.99, slow_decay: float = 0.999
+    ) -> None:
         for field, value in (("fast_decay", fast_decay), ("slow_decay", slow_decay)):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{field}={value} must lie in [0, 1)")
@@ -50,11 +52,13 @@ class FastSlowEMA:
         expected = set(self.state_dict())
         if set(state) != expected:
             missing = sorted(expected - set(state))[:3]
-            raise ValueError(f"EMA state does not match the LoRA: missing {missing}; was it saved from the same model and lora spec?")
+            raise ValueError(
+                f"EMA state does not match the LoRA: missing {missing}; was it saved from the same model and lora spec?"
+            )
         torch._foreach_copy_(self.fast, [state[f"fast.{n}"] for n in self.names])
         torch._foreach_copy_(self.slow, [state[f"slow.{n}"] for n in self.names])
 
-    def to(self, device: torch.device | str) -> "FastSlowEMA":
+    def to(self, device: torch.device | str) -> FastSlowEMA:
         self.fast = [t.to(device) for t in self.fast]
         self.slow = [t.to(device) for t in self.slow]
         return self

@@ -139,7 +139,9 @@ def load_lora_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor]) -> 
     with torch.no_grad():
         for name, param in params.items():
             if tensors[name].shape != param.shape:
-                raise ValueError(f"LoRA tensor {name} has shape {tuple(tensors[name].shape)}, model expects {tuple(param.shape)}")
+                raise ValueError(
+                    f"LoRA tensor {name} has shape {tuple(tensors[name].shape)}, model expects {tuple(param.shape)}"
+                )
             param.copy_(tensors[name])
 
 
