@@ -37,11 +37,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD_PRELUDE = """
-import json, sys
+import json
 from pathlib import Path
-sys.path.insert(0, {tests!r})
 import torch, diffusers, transformers, scfm
-import scfm.cli, scfm.data.cache_batches, scfm.models.adapters, scfm.train.loop, scfm.models.flux
+import scfm.commands.cli, scfm.data.cache_batches, scfm.models.adapters, scfm.train.loop, scfm.models.flux
 def status_mb(key):
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(key + ":"))
     return int(line.split()[1]) / 1024  # kB -> MiB
@@ -52,12 +51,12 @@ base_mb = status_mb("VmRSS")
 CHILDREN = {
     "python": "",
     "generate-data": """
-from scfm.cli import main
+from scfm.commands.cli import main
 main(["generate-data", "--model", {model!r}, "--prompts", {prompts!r}, "--out", {cache!r}, "--steps", "2",
       "--buckets", "32x32,48x32", "--dtype", "fp32", "--device", "cpu", "--local-files-only"])
 """,
     "distill (cache)": """
-from scfm.cli import main
+from scfm.commands.cli import main
 main(["distill", {config!r}])
 """,
     "distill (full pipeline)": """
@@ -68,9 +67,11 @@ from scfm.train.yaml_config import load_config
 config = load_config({config!r})
 config.output_dir = None
 pipe, adapter_cls = load_pipeline({model!r}, local_files_only=True)  # text encoders + VAE + transformer
-adapter_cls.encode_prompts(pipe, ["a red cat", "a blue dog"], "cpu")  # a loop that encodes prompts itself runs the encoders
+# a loop that encodes prompts itself runs the encoders
+adapter_cls.encode_prompts(pipe, ["a red cat", "a blue dog"], "cpu")
 teacher = adapter_cls(pipe.transformer)
-data = CacheBatches({cache!r}, config.batch_size, seed=config.seed, guidance_range=(config.guidance_min, config.guidance_max))
+guidance_range = (config.guidance_min, config.guidance_max)
+data = CacheBatches({cache!r}, config.batch_size, seed=config.seed, guidance_range=guidance_range)
 distill(teacher, data, config, progress=False)
 """,
 }
@@ -79,11 +80,11 @@ distill(teacher, data, config, progress=False)
 def run_child(name: str, **paths: str) -> dict[str, float]:
     """Run one variant in a fresh interpreter; returns its peak RSS and its RSS after the imports, in MiB."""
     code = (
-        CHILD_PRELUDE.format(tests=str(ROOT / "tests"))
+        CHILD_PRELUDE
         + CHILDREN[name].format(**paths)
         + "\nprint(json.dumps({'peak_mb': status_mb('VmHWM'), 'base_mb': base_mb}))\n"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode:
         raise RuntimeError(f"variant {name!r} failed:\n{proc.stderr[-3000:]}")
@@ -100,9 +101,8 @@ def component_sizes_mb(model: Path) -> dict[str, float]:
 
 
 def measure(t5_width: int, t5_layers: int, steps: int, workdir: Path) -> dict:
-    sys.path.insert(0, str(ROOT / "tests"))
     from scfm.models.flux import FLUX_LORA_TARGETS
-    from tiny_pipelines import build_tiny_flux_pipeline
+    from scfm.models.tiny import build_tiny_flux_pipeline
 
     model = build_tiny_flux_pipeline(workdir, t5_width=t5_width, t5_layers=t5_layers)
     prompts, cache = workdir / "prompts.txt", workdir / "cache"
@@ -114,11 +114,11 @@ def measure(t5_width: int, t5_layers: int, steps: int, workdir: Path) -> dict:
         "output_dir": str(workdir / "run"),
         "max_steps": steps,
         "batch_size": 2,
-        "lora_rank": 4,
-        "lora_alpha": 4.0,
-        "lora_targets": list(FLUX_LORA_TARGETS),
-        "teacher_min": 4,
-        "teacher_max": 4,
+        "lora.rank": 4,
+        "lora.alpha": 4.0,
+        "lora.targets": list(FLUX_LORA_TARGETS),
+        "plan.teacher_min": 4,
+        "plan.teacher_max": 4,
         "logger": "jsonl",
         "local_files_only": True,
         "log_every": 1,
@@ -152,9 +152,10 @@ def print_table(result: dict) -> None:
     print(f"{'variant':26} {'peak RSS (MiB)':>15} {'above imports':>14}")
     for row in result["rows"]:
         print(f"{row['variant']:26} {row['peak_rss_mb']:15.1f} {row['above_imports_mb']:14.1f}")
+    encoders_mb = sum(v for k, v in result["component_mb"].items() if k.startswith(("text_encoder", "vae")))
     print(
         f"distilling from the cache saves {result['saved_mb']:.1f} MiB of peak RSS "
-        f"(text encoders + VAE: {sum(v for k, v in result['component_mb'].items() if k.startswith(('text_encoder', 'vae'))):.1f} MiB on disk)"
+        f"(text encoders + VAE: {encoders_mb:.1f} MiB on disk)"
     )
 
 

@@ -22,14 +22,15 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from scfm.data.batches import DigitsBatches
 from scfm.models.builtin import load_shipped_teacher
-from scfm.presets import digits_config
 from scfm.train.engine import Distiller
+from scfm.train.presets import digits_config
 
 THEORETICAL = 5 / 3
 """t_skip = 2: two no-grad forwards on top of forward + backward (about 3 forward-equivalents)."""
@@ -39,24 +40,27 @@ def digits_engine(
     scfm: bool, batch: int, device: torch.device, target_precision: str = "bf16"
 ) -> tuple[Distiller, DigitsBatches]:
     """The `scfm demo` preset; ``target_precision`` 'bf16' is the preset, 'no' all-fp32 targets."""
-    cfg = digits_config(batch_size=batch, fm_ratio=0.0 if scfm else 1.0, target_precision=target_precision)
+    cfg = digits_config({"plan.fm_ratio": 0.0 if scfm else 1.0}, batch_size=batch, target_precision=target_precision)
     model = load_shipped_teacher("digits", device=str(device))
     return Distiller(model, cfg.validate(), device), DigitsBatches(batch, seed=0)
 
 
-def flux_engine(scfm: bool, batch: int, device: torch.device):
-    from bench.tiny_flux import flux_batches, tiny_flux_adapter
+def flux_engine(scfm: bool, batch: int, device: torch.device) -> tuple[Distiller, Iterator[dict[str, torch.Tensor]]]:
+    """The digits preset's schedule on :func:`~scfm.models.tiny.build_tiny_flux_adapter` (LoRA rank 16)."""
+    from scfm.models.tiny import build_tiny_flux_adapter, tiny_flux_batches
 
-    adapter = tiny_flux_adapter(device)
+    adapter = build_tiny_flux_adapter(device)
     cfg = digits_config(
+        {
+            "plan.fm_ratio": 0.0 if scfm else 1.0,
+            "plan.resolution_shift_prob": 0.0,
+            "lora.rank": 16,
+            "lora.alpha": 16.0,
+            "lora.targets": tuple(adapter.default_lora_targets),
+        },
         batch_size=batch,
-        fm_ratio=0.0 if scfm else 1.0,
-        lora_rank=16,
-        lora_alpha=16,
-        lora_targets=tuple(adapter.default_lora_targets),
-        resolution_shift_prob=0.0,
     )
-    return Distiller(adapter, cfg.validate(), device), flux_batches(batch, device)
+    return Distiller(adapter, cfg.validate(), device), tiny_flux_batches(batch)
 
 
 def _sync(device: torch.device) -> None:
@@ -181,7 +185,7 @@ def sampling_times(batch: int, steps_list: tuple[int, ...] = (1, 2, 4, 8), repea
     from scfm.weights.lora import attach_lora, fuse_lora
 
     cfg = digits_config()
-    unfused = attach_lora(load_shipped_teacher("digits"), cfg.lora_spec()).eval()
+    unfused = attach_lora(load_shipped_teacher("digits"), cfg.lora).eval()
     fused = fuse_lora(copy.deepcopy(unfused)).eval()
     gen = torch.Generator().manual_seed(0)
     noise, labels = torch.randn(batch, 1, 8, 8, generator=gen), torch.arange(batch) % 10
@@ -249,7 +253,8 @@ def main() -> None:
         return
     print(f"machine: {result['machine']}")
     print(
-        f"{'model':20} {'scfm ms':>9} {'fm ms':>9} {'ratio':>7} {'theory':>7} {'peak mem ratio':>15} {'peak RSS ratio':>15}"
+        f"{'model':20} {'scfm ms':>9} {'fm ms':>9} {'ratio':>7} {'theory':>7} "
+        f"{'peak mem ratio':>15} {'peak RSS ratio':>15}"
     )
     for name in ("digits", "digits_fp32_targets", "flux_tiny"):
         if name in result:
@@ -261,14 +266,15 @@ def main() -> None:
             )
             print(f"{name:20} {r['scfm_ms']:9.1f} {r['fm_ms']:9.1f} {r['ratio']:7.3f} {THEORETICAL:7.3f} {mem}")
     print(
-        f"\nsampling, digits, batch {args.sampling_batch}: {'steps':>5} {'unfused ms/img':>15} {'fused ms/img':>13} {'ratio':>6}"
+        f"\nsampling, digits, batch {args.sampling_batch}: "
+        f"{'steps':>5} {'unfused ms/img':>15} {'fused ms/img':>13} {'ratio':>6}"
     )
     for r in result["digits_sampling"]:
         print(
-            f"{'':28} {r['steps']:5d} {r['unfused_ms_per_image']:15.3f} {r['fused_ms_per_image']:13.3f} {r['unfused_over_fused']:6.2f}"
+            f"{'':28} {r['steps']:5d} {r['unfused_ms_per_image']:15.3f} "
+            f"{r['fused_ms_per_image']:13.3f} {r['unfused_over_fused']:6.2f}"
         )
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
     main()

@@ -1,6 +1,6 @@
 """One digits distillation with config overrides, scored at 1, 2, 3, 4, 8 steps.
 
-    python bench/digits_sweep.py '{"self_grids": [2, 4, 4, 8, 16]}' --eval-seed 999
+    python bench/digits_sweep.py '{"plan.self_grids": [2, 4, 4, 8, 16]}' --eval-seed 999
 
 Prints one JSON line with the FD of the final-weights LoRA copy and of the raw student at
 each step count, from the `scfm demo` preset plus the overrides. The eval noise seed
@@ -18,7 +18,7 @@ from runs import STEPS, measure, spec
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("overrides", nargs="?", default="{}", help="JSON object of DistillConfig fields")
+    parser.add_argument("overrides", nargs="?", default="{}", help="JSON object of DistillConfig fields (dotted names)")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--eval-seed", type=int, default=999)
     parser.add_argument("--eval-samples", type=int, default=1000)

@@ -17,13 +17,11 @@ import dataclasses
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
 FULL = dict(
     patch_size=1,
     in_channels=64,
@@ -151,8 +149,10 @@ def sampling_latency(model, make_batch, step_counts, repeats: int, device) -> li
 
 def run(tiny: bool, steps: int, warmup: int, repeats: int) -> dict:
     from scfm.models.flux import FluxAdapter
+    from scfm.objective.plans import PlanConfig
     from scfm.train.config import DistillConfig
     from scfm.train.engine import Distiller
+    from scfm.weights.lora import LoraSpec
 
     device = torch.device("cuda" if torch.cuda.is_available() and not tiny else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -160,11 +160,11 @@ def run(tiny: bool, steps: int, warmup: int, repeats: int) -> dict:
     if device.type == "cuda" or tiny:
         adapter.transformer.enable_gradient_checkpointing()
     cfg = DistillConfig(
-        lora_rank=64 if not tiny else 4,
-        lora_alpha=64 if not tiny else 4,
-        lora_targets=FluxAdapter.default_lora_targets,
+        lora=LoraSpec(
+            targets=FluxAdapter.default_lora_targets, rank=64 if not tiny else 4, alpha=64.0 if not tiny else 4.0
+        ),
+        plan=PlanConfig(resolution_shift_prob=0.1),
         mixed_precision="bf16" if device.type == "cuda" else "no",
-        resolution_shift_prob=0.1,
         batch_size=1,
     ).validate()
     engine = Distiller(adapter, cfg, device, seq_len_fn=adapter.seq_len)
@@ -208,12 +208,12 @@ def main() -> None:
     print(f"{'batch':>5} {'scfm s':>8} {'fm s':>8} {'ratio':>6} {'scfm GiB':>9} {'fm GiB':>8} {'mem ratio':>9}")
     for r in result["steps"]:
         print(
-            f"{r['batch']:5d} {r['scfm_s']:8.3f} {r['fm_s']:8.3f} {r['time_ratio']:6.3f} {r['scfm_peak_gib']:9.2f} {r['fm_peak_gib']:8.2f} {r['memory_ratio']:9.3f}"
+            f"{r['batch']:5d} {r['scfm_s']:8.3f} {r['fm_s']:8.3f} {r['time_ratio']:6.3f} "
+            f"{r['scfm_peak_gib']:9.2f} {r['fm_peak_gib']:8.2f} {r['memory_ratio']:9.3f}"
         )
     for r in result["sampling"]:
         print(f"sampling {r['steps']} steps {'fused' if r['fused'] else 'lora '}: {r['seconds']:.3f} s/image")
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT / "src"))
     main()

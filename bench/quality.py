@@ -26,7 +26,7 @@ from runs import RESULTS, STEPS, run_all, run_key, spec
 from stats import fmt_ci, mean_ci
 
 SEEDS = (0, 1, 2)
-LCM = {"objective": "lcm", "teacher_min": 16, "teacher_max": 16}
+LCM = {"objective": "lcm", "plan.teacher_min": 16, "plan.teacher_max": 16}
 """The LCM baseline: same preset (lr, batch, rank, steps, EMA), consistency objective on a 16-step teacher grid."""
 
 
@@ -132,7 +132,7 @@ def _plot_baselines(rows, teacher32: float) -> None:
 
 # ---------------------------------------------------------------------------- ablations
 def ablation_groups() -> list[tuple[str, list[tuple[str, dict]]]]:
-    from scfm.presets import digits_config
+    from scfm.train.presets import digits_config
 
     base = digits_config()
     single = (f"single EMA {base.slow_decay} (fast = slow, the preset)", {})
@@ -146,7 +146,7 @@ def ablation_groups() -> list[tuple[str, list[tuple[str, dict]]]]:
         (
             "teacher_ratio",
             [
-                (f"teacher_ratio {r}" + (" (teacher only)" if r == 1.0 else ""), {"teacher_ratio": r})
+                (f"teacher_ratio {r}" + (" (teacher only)" if r == 1.0 else ""), {"plan.teacher_ratio": r})
                 for r in (0.2, 0.4, 0.6, 1.0)
             ],
         ),
@@ -156,7 +156,10 @@ def ablation_groups() -> list[tuple[str, list[tuple[str, dict]]]]:
             "t_skip",
             [
                 ("t_skip 2", {}),
-                ("t_skip 4 (self grids doubled)", {"t_skip": 4, "self_grids": tuple(2 * n for n in base.self_grids)}),
+                (
+                    "t_skip 4 (self grids doubled)",
+                    {"plan.t_skip": 4, "plan.self_grids": tuple(2 * n for n in base.plan.self_grids)},
+                ),
             ],
         ),
         ("EMA restarts", [("no restarts", {}), ("restart every 100 steps", {"ema_restart_every": 100})]),
@@ -169,7 +172,7 @@ def ablation_specs(group: str | None = None) -> list[dict]:
 
 def ablation(group: str, jobs: int) -> tuple[str, list[dict]]:
     """One ablation group: every row over SEEDS, final weights and raw student."""
-    from scfm.presets import digits_config
+    from scfm.train.presets import digits_config
 
     base = digits_config()
     rows = dict(ablation_groups())[group]
@@ -193,7 +196,7 @@ def ablation(group: str, jobs: int) -> tuple[str, list[dict]]:
     head = (
         f"**{group}**: the digits preset with one change, training seeds {list(SEEDS)}, mean ± 95% t-interval "
         f"(n = 3, t = 4.30: the interval is wide). Preset: fast {base.fast_decay}, slow {base.slow_decay}, "
-        f"teacher_ratio {base.teacher_ratio}, t_skip {base.t_skip}, {base.max_steps} steps; final weights "
+        f"teacher_ratio {base.plan.teacher_ratio}, t_skip {base.plan.t_skip}, {base.max_steps} steps; final weights "
         f"{base.final_weights}, the raw student below.\n\n"
     )
     return head + _table(group, table_rows), [r for _, _, runs in measured for r in runs]
@@ -201,7 +204,7 @@ def ablation(group: str, jobs: int) -> tuple[str, list[dict]]:
 
 # ---------------------------------------------------------------------------- curves
 CURVE_EVERY = 25
-CURVE_VARIANTS = [("SCFM preset", {}), ("teacher only (teacher_ratio 1.0)", {"teacher_ratio": 1.0})]
+CURVE_VARIANTS = [("SCFM preset", {}), ("teacher only (teacher_ratio 1.0)", {"plan.teacher_ratio": 1.0})]
 
 
 def curve_specs() -> list[dict]:
@@ -310,7 +313,7 @@ def toy2d(jobs: int) -> tuple[str, list[dict]]:
     from scfm.data.toy2d import sample_toy2d
     from scfm.eval.metrics import sliced_wasserstein
     from scfm.models.builtin import load_shipped_teacher
-    from scfm.presets import toy2d_config
+    from scfm.train.presets import toy2d_config
 
     ref = sample_toy2d("8gaussians", 4000, torch.Generator().manual_seed(123))
     noise = torch.randn(4000, 2, generator=torch.Generator().manual_seed(5))
@@ -332,7 +335,7 @@ def toy2d(jobs: int) -> tuple[str, list[dict]]:
     ):
         per_seed = []
         for seed in SEEDS:
-            config = toy2d_config(seed=seed, **overrides)
+            config = toy2d_config(overrides, seed=seed)
             start = time.perf_counter()
             student = scfm.distill(
                 load_shipped_teacher("toy2d:8gaussians"),

@@ -1,6 +1,6 @@
 """Digits distillation runs for the benchmark scripts, cached so long suites resume.
 
-Every run is the `scfm demo` preset (``scfm.presets.digits_config``) plus overrides, one
+Every run is the `scfm demo` preset (``scfm.train.presets.digits_config``) plus overrides, one
 training seed, scored by the shipped digits evaluator at 1 / 2 / 3 / 4 / 8 steps on a fixed
 eval noise seed (999, not the demo's 1234). Results are appended to
 ``bench/results/runs.jsonl`` keyed by everything that defines the run (including a hash of
@@ -29,9 +29,9 @@ RUN_VERSION = 2
 
 def preset_tag(**changes: Any) -> str:
     """Short hash of the digits preset (with ``changes``): cached runs count only for the preset they measured."""
-    from scfm.presets import digits_config
+    from scfm.train.presets import digits_config
 
-    blob = json.dumps(digits_config(**changes).to_dict(), sort_keys=True, default=list)
+    blob = json.dumps(digits_config(changes).to_dict(), sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -71,7 +71,7 @@ def few_shot_source(batch_size: int, seed: int, shots: int, subset_seed: int):
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """Train and score one run. ``spec``: overrides (dict of DistillConfig fields), seed,
+    """Train and score one run. ``spec``: overrides (DistillConfig fields by dotted name), seed,
     eval_seed, eval_samples, solver ('euler' or 'consistency'), shots / subset_seed (few-shot),
     curve_every (0: no training curve; else FD at 2 and 4 steps every that many steps).
     Besides FD at LoRA scale 1 (final weights and raw student), it reports ``fd_calibrated``:
@@ -81,14 +81,14 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
     import scfm
     from scfm.data.batches import DigitsBatches
-    from scfm.demo import calibrate_demo_scales
+    from scfm.commands.demo import calibrate_demo_scales
     from scfm.eval.harness import DigitsEvalSet, score_row, score_rows
     from scfm.eval.metrics import DigitsEvaluator
     from scfm.models.builtin import load_shipped_teacher
-    from scfm.presets import digits_config
+    from scfm.train.presets import digits_config
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    config = digits_config(**{**spec["overrides"], "seed": spec["seed"]})
+    config = digits_config(spec["overrides"], seed=spec["seed"])
     evaluator = DigitsEvaluator()
     evalset = DigitsEvalSet.make(spec.get("eval_samples", 1000), seed=spec.get("eval_seed", 999))
     if spec.get("shots"):
@@ -185,12 +185,13 @@ def run_all(specs: Iterable[dict[str, Any]], jobs: int = 2) -> list[dict]:
 
 
 def spec(overrides: dict[str, Any] | None = None, seed: int = 0, **extra: Any) -> dict[str, Any]:
-    """A run: the preset plus ``overrides`` (those equal to the preset are dropped, so equal
-    runs share one cache entry), training ``seed``, eval settings and ``extra`` keys."""
-    from scfm.presets import digits_config
+    """A run: the preset plus ``overrides`` (as dotted names; those equal to the preset are dropped,
+    so equal runs share one cache entry), training ``seed``, eval settings and ``extra`` keys."""
+    from scfm.train.config import dotted_values
+    from scfm.train.presets import digits_config
 
-    preset = digits_config().to_dict()
-    changed = {k: v for k, v in (overrides or {}).items() if _plain(preset.get(k)) != _plain(v)}
+    preset = dotted_values(digits_config().to_dict())
+    changed = {k: v for k, v in dotted_values(overrides or {}).items() if _plain(preset.get(k)) != _plain(v)}
     return {"overrides": changed, "seed": seed, "eval_seed": 999, "eval_samples": 1000, "preset": preset_tag(), **extra}
 
 

@@ -297,12 +297,8 @@ def test_three_step_distillation_of_tiny_flux_has_finite_loss():
     config = scfm.DistillConfig(
         max_steps=3,
         lr=1e-3,
-        lora_rank=2,
-        lora_alpha=2,
-        lora_targets=FluxAdapter.default_lora_targets,
-        teacher_min=4,
-        teacher_max=4,
-        resolution_shift_prob=0.1,
+        lora=scfm.LoraSpec(targets=FluxAdapter.default_lora_targets, rank=2, alpha=2.0),
+        plan=scfm.PlanConfig(teacher_min=4, teacher_max=4, resolution_shift_prob=0.1),
         log_every=1,
     )
     result = scfm.distill(adapter, with_guidance(data, torch.Generator().manual_seed(4)), config, progress=False)
@@ -326,11 +322,8 @@ def test_two_step_distillation_of_tiny_sd3_with_runtime_cfg_has_finite_loss():
     config = scfm.DistillConfig(
         max_steps=2,
         lr=1e-3,
-        lora_rank=2,
-        lora_alpha=2,
-        lora_targets=SD3Adapter.default_lora_targets,
-        teacher_min=4,
-        teacher_max=4,
+        lora=scfm.LoraSpec(targets=SD3Adapter.default_lora_targets, rank=2, alpha=2.0),
+        plan=scfm.PlanConfig(teacher_min=4, teacher_max=4),
         grad_clip=2.0,
         log_every=1,
     )

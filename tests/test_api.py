@@ -29,7 +29,7 @@ def batches(n=16, dtype=torch.float32):
 
 
 def tiny_config(**kw):
-    values = dict(max_steps=3, lr=1e-3, lora_rank=2, lora_alpha=2, lora_targets=("net.0", "net.2"))
+    values = dict(max_steps=3, lr=1e-3, lora=scfm.LoraSpec(targets=("net.0", "net.2"), rank=2, alpha=2.0))
     return scfm.DistillConfig(**{**values, **kw})
 
 
@@ -67,9 +67,10 @@ def test_fused_student_matches_lora_student():
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("t_skip", 3, "t_skip=3 must be an even integer"),
-        ("teacher_ratio", 1.5, r"teacher_ratio=1.5 must lie in \[0, 1\]"),
-        ("teacher_ratio", -0.1, r"teacher_ratio=-0.1 must lie in \[0, 1\]"),
+        ("plan", scfm.PlanConfig(t_skip=3), "plan.t_skip=3 must be an even integer"),
+        ("plan", scfm.PlanConfig(teacher_ratio=1.5), r"plan.teacher_ratio=1.5 must lie in \[0, 1\]"),
+        ("plan", scfm.PlanConfig(teacher_ratio=-0.1), r"plan.teacher_ratio=-0.1 must lie in \[0, 1\]"),
+        ("lora", scfm.LoraSpec(rank=0), "lora.rank=0 must be a positive integer"),
         ("max_steps", 0, "max_steps=0 must be a positive integer"),
         ("fast_decay", 1.0, r"fast_decay=1.0 must lie in \[0, 1\)"),
         ("final_weights", "best", "final_weights='best' must be one of"),
@@ -101,7 +102,7 @@ def test_mismatched_cond_batch_is_rejected():
 
 def test_lora_targets_matching_nothing_are_rejected_with_module_names():
     with pytest.raises(ValueError, match=r"match no nn.Linear module of UserVelocity.*net.0, net.2"):
-        scfm.distill(UserVelocity(), batches(), tiny_config(lora_targets=("to_q",)), progress=False)
+        scfm.distill(UserVelocity(), batches(), tiny_config(lora=scfm.LoraSpec(targets=("to_q",))), progress=False)
 
 
 def test_zero_sampling_steps_are_rejected():
@@ -125,3 +126,57 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     with pytest.raises(Exception):
         atomic_save_safetensors({"a": "not a tensor"}, path)
     assert path.read_bytes() == good and sorted(os.listdir(tmp_path)) == ["w.safetensors"]
+
+
+# ----------------------------------------------------------------------------- the result is an nn.Module
+
+
+@pytest.fixture(scope="module")
+def student():
+    torch.manual_seed(0)
+    return scfm.distill(UserVelocity(), batches(), tiny_config(final_weights="student"), progress=False)
+
+
+def test_distilled_model_is_an_nn_module_with_eval_to_and_parameters(student):
+    assert isinstance(student, nn.Module) and isinstance(student, scfm.DistilledModel)
+    assert student.eval() is student and not student.training and not student.model.training
+    assert student.train() is student and student.model.training
+    student.eval()
+    names = [n for n, _ in student.named_parameters()]
+    trainable = [n for n, p in student.named_parameters() if p.requires_grad]
+    assert names and all(n.startswith("model.") for n in names) and all("lora_" in n for n in trainable)
+    moved = copy.deepcopy(student).to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in moved.parameters())
+    assert all(t.dtype == torch.float64 for copies in moved.weights.values() for t in copies.values())
+    x, t, style = torch.randn(3, 4, dtype=torch.float64), torch.rand(3, dtype=torch.float64), torch.randn(3, 3)
+    assert moved(x, t, style=style.double()).dtype == torch.float64
+
+
+def test_distilled_model_state_dict_round_trip_reproduces_the_velocity(student):
+    torch.manual_seed(1)
+    other = scfm.distill(UserVelocity(), batches(), tiny_config(final_weights="student", seed=5), progress=False)
+    x, t, style = torch.randn(6, 4), torch.rand(6), torch.randn(6, 3)
+    with torch.no_grad():
+        assert not torch.equal(other(x, t, style=style), student(x, t, style=style))
+        missing, unexpected = other.load_state_dict(student.state_dict())
+        assert (missing, unexpected) == ([], [])
+        assert torch.equal(other(x, t, style=style), student(x, t, style=style))
+
+
+def test_distilled_model_works_in_a_user_written_euler_loop(student):
+    from scfm.objective.grids import time_grid
+
+    noise, style = torch.randn(5, 4), torch.randn(5, 3)
+    ts = time_grid(2, 1.0, dtype=torch.float64).tolist()  # [1 - 1e-5, 0.5, 0]
+    x = noise.clone()
+    with torch.no_grad():
+        for t_now, t_next in zip(ts[:-1], ts[1:]):
+            x = x + (t_next - t_now) * student(x, torch.full((5,), t_now), style=style)
+    assert torch.allclose(x, scfm.sample(student, noise, steps=2, style=style, lora_scale=1.0), atol=1e-6)
+
+
+def test_torch_compile_of_the_distilled_model_matches_eager(student):
+    compiled = torch.compile(copy.deepcopy(student), backend="aot_eager", fullgraph=False)
+    x, t, style = torch.randn(4, 4), torch.rand(4), torch.randn(4, 3)
+    with torch.no_grad():
+        assert torch.allclose(compiled(x, t, style=style), student(x, t, style=style), atol=1e-6)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import scfm
-from scfm.demo import STEP_COUNTS, run_demo
+from scfm.commands.demo import STEP_COUNTS, run_demo
 from scfm.eval.calibrate import ScaleSearch, calibrate_lora_scales, paired_mse
 from scfm.models.builtin import load_shipped_teacher
 from test_api import UserVelocity, batches, tiny_config

@@ -1,28 +1,32 @@
 """Config files, overrides and the presets' documented command line."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from scfm.train.config import DistillConfig
+import scfm
+from scfm.train.config import LEGACY_FIELDS, DistillConfig
 from scfm.train.yaml_config import dump_config, load_config, parse_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_overrides_are_parsed_as_yaml_values():
-    assert parse_overrides(["max_steps=30", "lora_targets=[qkv, proj]", "self_grids=null", "compile=true"]) == {
+    assert parse_overrides(["max_steps=30", "lora.targets=[qkv, proj]", "plan.self_grids=null", "compile=true"]) == {
         "max_steps": 30,
-        "lora_targets": ["qkv", "proj"],
-        "self_grids": None,
+        "lora.targets": ["qkv", "proj"],
+        "plan.self_grids": None,
         "compile": True,
     }
 
 
 def test_float_fields_accept_yaml_1_1_exponents():
-    assert load_config(None, ["lr=1e-4", "lora_alpha=16"]).lr == 1e-4
+    cfg = load_config(None, ["lr=1e-4", "lora.alpha=16", "plan.shift_range=[1, 1]"])
+    assert (cfg.lr, cfg.lora.alpha, cfg.plan.shift_range) == (1e-4, 16.0, (1.0, 1.0))
+    assert isinstance(cfg.lora.alpha, float) and all(isinstance(s, float) for s in cfg.plan.shift_range)
 
 
 @pytest.mark.parametrize("preset", ["digits", "toy2d"])
@@ -39,8 +43,10 @@ def test_unknown_field_lists_the_valid_ones(tmp_path):
 
 
 def test_bad_value_names_field_value_and_range():
-    with pytest.raises(ValueError, match=r"teacher_ratio=2.0 must lie in \[0, 1\]"):
-        load_config(ROOT / "configs/digits.yaml", ["teacher_ratio=2"])
+    with pytest.raises(ValueError, match=r"plan.teacher_ratio=2.0 must lie in \[0, 1\]"):
+        load_config(ROOT / "configs/digits.yaml", ["plan.teacher_ratio=2"])
+    with pytest.raises(ValueError, match=r"lora.rank=0 must be a positive integer"):
+        load_config(ROOT / "configs/digits.yaml", ["lora.rank=0"])
 
 
 def test_malformed_override_and_yaml_file_are_reported(tmp_path):
@@ -56,7 +62,7 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     cfg = load_config(ROOT / "configs/digits.yaml")
     path = tmp_path / "config.yaml"
     path.write_text(dump_config(cfg))
-    assert load_config(path) == cfg and isinstance(DistillConfig().lora_targets, tuple)
+    assert load_config(path) == cfg and isinstance(cfg.lora.targets, tuple)
 
 
 def test_the_documented_digits_command_runs(tmp_path):
@@ -90,3 +96,55 @@ def test_yaml_no_is_read_as_the_string_no_for_text_fields():
     from scfm.train.yaml_config import load_config
 
     assert load_config(None, ["mixed_precision=no", "target_precision=no"]).mixed_precision == "no"
+
+
+NESTED = {"lr": 1e-4, "lora": {"rank": 8, "alpha": 8.0}, "plan": {"teacher_ratio": 0.2, "shift_range": (1.0, 2.0)}}
+DOTTED = {"lr": 1e-4, "lora.rank": 8, "lora.alpha": 8, "plan.teacher_ratio": 0.2, "plan.shift_range": [1, 2]}
+LEGACY = {"lr": "1e-4", "lora_rank": 8, "lora_alpha": 8, "teacher_ratio": 0.2, "shift_min": 1, "shift_max": 2}
+
+
+def test_nested_dotted_and_legacy_flat_keys_give_equal_configs():
+    configs = [DistillConfig.from_dict(values) for values in (NESTED, DOTTED, LEGACY)]
+    assert configs[0] == configs[1] == configs[2]
+    assert configs[0].lora == scfm.LoraSpec(rank=8, alpha=8.0)  # the other lora fields keep their defaults
+    assert configs[0].plan == scfm.PlanConfig(teacher_ratio=0.2, shift_range=(1.0, 2.0))
+
+
+def test_legacy_fields_name_every_field_the_flat_config_had():
+    assert set(LEGACY_FIELDS) == {
+        *("lora_targets", "lora_rank", "lora_alpha", "lora_dropout", "t_skip", "teacher_ratio", "teacher_min"),
+        *("teacher_max", "self_grids", "fm_ratio", "shift_min", "shift_max", "resolution_shift_prob"),
+    }
+
+
+def test_a_legacy_run_config_json_loads(tmp_path):
+    legacy = {**DistillConfig().to_dict(), "lora_rank": 16, "lora_alpha": 16.0, "lora_targets": ["fc1"]}
+    legacy.update(lora_dropout=0.0, t_skip=2, teacher_ratio=0.3, teacher_min=16, teacher_max=32, self_grids=[2, 4])
+    legacy.update(fm_ratio=0.1, shift_min=1.0, shift_max=1.0, resolution_shift_prob=0.0)
+    del legacy["lora"], legacy["plan"]
+    (tmp_path / "scfm_config.json").write_text(json.dumps({"config": legacy, "lora_scales": {}}))
+    cfg = DistillConfig.from_dict(json.loads((tmp_path / "scfm_config.json").read_text())["config"]).validate()
+    assert cfg.lora == scfm.LoraSpec(targets=("fc1",), rank=16, alpha=16.0)
+    assert cfg.plan == scfm.PlanConfig(2, 0.3, 16, 32, (2, 4), 0.1, (1.0, 1.0), 0.0)
+
+
+def test_unknown_nested_key_is_rejected_naming_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown config field\(s\) \['lora.rnk'\]; valid lora fields: .*'lora.rank'"):
+        DistillConfig.from_dict({"lora": {"rnk": 8}})
+    with pytest.raises(ValueError, match=r"\['plan.shift'\]; valid plan fields: .*'plan.shift_range'"):
+        load_config(None, ["plan.shift=2"])
+
+
+def test_set_dotted_override_changes_one_field_of_a_nested_file_section(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("lora:\n  rank: 64\n  targets: [fc1, fc2]\nplan:\n  t_skip: 4\n")
+    cfg = load_config(path, ["lora.rank=8", "plan.self_grids=[4, 8]"])
+    assert cfg.lora == scfm.LoraSpec(targets=("fc1", "fc2"), rank=8)
+    assert (cfg.plan.t_skip, cfg.plan.self_grids) == (4, (4, 8))
+
+
+def test_to_dict_then_from_dict_is_the_identity():
+    cfg = DistillConfig.from_dict({**DOTTED, "lora.targets": ["a", "b"], "plan.self_grids": [2, 4], "extra": {"k": 1}})
+    assert DistillConfig.from_dict(cfg.to_dict()) == cfg
+    assert DistillConfig.from_dict(DistillConfig().to_dict()) == DistillConfig()
+    assert set(cfg.to_dict()["lora"]) == {"targets", "rank", "alpha", "dropout", "exclude"}

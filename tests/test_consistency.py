@@ -65,7 +65,10 @@ def test_lcm_objective_trains_in_the_same_engine_and_logs_only_its_part():
 
     torch.manual_seed(0)
     result = scfm.distill(
-        UserVelocity(), batches(), tiny_config(objective="lcm", teacher_min=8, teacher_max=8), progress=False
+        UserVelocity(),
+        batches(),
+        tiny_config(objective="lcm", plan=scfm.PlanConfig(teacher_min=8, teacher_max=8)),
+        progress=False,
     )
     last = result.history[-1]
     assert math.isfinite(last["loss"]) and last["loss"] == last["loss_teacher"]

@@ -10,7 +10,7 @@ from scfm.data.batches import toy2d_batches
 from scfm.data.toy2d import sample_toy2d
 from scfm.eval.metrics import sliced_wasserstein
 from scfm.models.mlp2d import MLP2DConfig, VelocityMLP2D
-from scfm.presets import toy2d_config
+from scfm.train.presets import toy2d_config
 from scfm.train.pretrain import PretrainConfig, pretrain_flow_matching
 
 

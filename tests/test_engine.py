@@ -88,9 +88,7 @@ def config(out, **kw):
     values = dict(
         max_steps=40,
         lr=1e-3,
-        lora_rank=2,
-        lora_alpha=2,
-        lora_targets=("fc1", "fc2"),
+        lora=scfm.LoraSpec(targets=("fc1", "fc2"), rank=2, alpha=2.0),
         output_dir=str(out),
         checkpoint_every=10,
         logger="jsonl",

@@ -49,11 +49,8 @@ def distilled(flux):
     config = scfm.DistillConfig(
         max_steps=2,
         lr=1e-3,
-        lora_rank=RANK,
-        lora_alpha=ALPHA,
-        lora_targets=type(adapter).default_lora_targets,
-        teacher_min=4,
-        teacher_max=4,
+        lora=scfm.LoraSpec(targets=type(adapter).default_lora_targets, rank=RANK, alpha=ALPHA),
+        plan=scfm.PlanConfig(teacher_min=4, teacher_max=4),
         log_every=1,
     )
     result = scfm.distill(adapter, data, config, progress=False)
@@ -151,7 +148,7 @@ def test_diffusers_flux_kohya_loader_reads_the_attention_keys_with_their_alpha(t
 
 
 def test_export_refuses_a_model_without_a_diffusers_transformer(tmp_path):
-    result = scfm.DistilledModel(model=torch.nn.Linear(2, 2), config=scfm.DistillConfig())
+    result = scfm.DistilledModel(torch.nn.Linear(2, 2), scfm.LoraSpec(targets=("x",)))
     with pytest.raises(ValueError, match="FluxAdapter"):
         export_diffusers_lora(result, tmp_path / "x.safetensors")
     with pytest.raises(ValueError, match="no LoRA"):

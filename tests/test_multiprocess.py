@@ -14,7 +14,7 @@ import scfm
 from scfm.data.batches import Toy2DBatches
 from scfm.fileio import atomic_save_safetensors, load_safetensors
 from scfm.models.builtin import load_shipped_teacher
-from scfm.presets import toy2d_config
+from scfm.train.presets import toy2d_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5

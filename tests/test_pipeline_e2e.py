@@ -13,16 +13,17 @@ import torch
 pytest.importorskip("diffusers")
 
 import scfm  # noqa: E402
-from scfm.cli import main  # noqa: E402
-from scfm.data.teacher_cache import META_FILE, SHARED_FILE, read_index  # noqa: E402
-from scfm.export_cli import load_run  # noqa: E402
+from scfm.commands.cli import main  # noqa: E402
+from scfm.data.cache_store import META_FILE, SHARED_FILE, read_index  # noqa: E402
 from scfm.fileio import load_safetensors  # noqa: E402
 from scfm.models.adapters import get_adapter, load_pipeline  # noqa: E402
 from scfm.models.flux import FluxAdapter  # noqa: E402
 from scfm.models.sd3 import SD3Adapter  # noqa: E402
-from scfm.pipeline_sampling import load_lora, sample_pipeline  # noqa: E402
+from scfm.models.tiny import LATENT_CHANNELS, build_tiny_flux_pipeline, build_tiny_sd3_pipeline  # noqa: E402
+from scfm.pipelines.lora import load_lora
+from scfm.pipelines.sampling import sample_pipeline  # noqa: E402
+from scfm.train.run_folder import load_run  # noqa: E402
 from scfm.train.yaml_config import load_config  # noqa: E402
-from tiny_pipelines import LATENT_CHANNELS, build_tiny_flux_pipeline, build_tiny_sd3_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.diffusers
 
@@ -47,11 +48,11 @@ def write_config(path: Path, model: Path, cache: Path, out: Path, family: str, *
         "max_steps": 3,
         "batch_size": 2,
         "lr": 1.0e-2,
-        "lora_rank": RANK,
-        "lora_alpha": ALPHA,
-        "lora_targets": list(ADAPTERS[family].default_lora_targets),
-        "teacher_min": 4,
-        "teacher_max": 4,
+        "lora.rank": RANK,
+        "lora.alpha": ALPHA,
+        "lora.targets": list(ADAPTERS[family].default_lora_targets),
+        "plan.teacher_min": 4,
+        "plan.teacher_max": 4,
         "log_every": 1,
         "logger": "jsonl",
         "local_files_only": True,
@@ -412,13 +413,17 @@ def test_load_lora_refuses_a_file_naming_modules_the_transformer_lacks(pipeline_
         load_lora(pipe, path)
 
 
-def test_export_and_sample_refuse_a_builtin_run_and_a_missing_lora(tmp_path):
-    with pytest.raises(FileNotFoundError, match="finished scfm distill run"):
-        main(["export", "--run", str(tmp_path), "--format", "diffusers", "--out", str(tmp_path / "x.safetensors")])
-    with pytest.raises(FileNotFoundError, match="--lora"):
-        main(["sample", "--model", "m", "--lora", str(tmp_path / "none.safetensors"), "--prompt", "a"])
+def test_export_and_sample_refuse_a_missing_run_and_lora_in_one_line_with_status_2(tmp_path, capsys):
+    out = str(tmp_path / "x.safetensors")
+    assert main(["export", "--run", str(tmp_path), "--format", "diffusers", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scfm export: error: ") and "finished scfm distill run" in err and err.count("\n") == 1
+    assert main(["sample", "--model", "m", "--lora", str(tmp_path / "none.safetensors"), "--prompt", "a"]) == 2
+    assert "--lora" in capsys.readouterr().err
+    assert main(["sample", "--prompt", "a"]) == 2
+    assert "exactly one of --run" in capsys.readouterr().err
     with pytest.raises(ValueError, match="exactly one of --run"):
-        main(["sample", "--prompt", "a"])
+        main(["sample", "--prompt", "a", "--debug"])  # --debug: the exception itself, for its traceback
 
 
 # ----------------------------------------------------------------------------- presets
@@ -435,10 +440,11 @@ def test_export_and_sample_refuse_a_builtin_run_and_a_missing_lora(tmp_path):
 def test_presets_validate_and_use_the_adapters_lora_targets(preset, family, model):
     config = load_config(ROOT / "configs" / f"{preset}.yaml")
     adapter = get_adapter(family)
-    assert tuple(config.lora_targets) == adapter.default_lora_targets
-    assert all(getattr(config, k) == v for k, v in adapter.recommended_config.items() if k != "lora_targets")
-    assert (config.lora_rank, config.lora_alpha, config.lr, config.batch_size, config.t_skip) == (64, 64.0, 2e-5, 8, 2)
-    assert (config.teacher_min, config.teacher_max, config.teacher_ratio) == (32, 32, 0.4)
+    assert config.lora.targets == adapter.default_lora_targets
+    assert config == scfm.DistillConfig.from_dict({**config.to_dict(), **adapter.recommended_config})
+    assert (config.lora.rank, config.lora.alpha, config.lr, config.batch_size) == (64, 64.0, 2e-5, 8)
+    plan = config.plan
+    assert (plan.t_skip, plan.teacher_min, plan.teacher_max, plan.teacher_ratio) == (2, 32, 32, 0.4)
     assert (config.mixed_precision, config.model_dtype, config.gradient_checkpointing) == ("bf16", "bf16", True)
     assert (config.teacher, config.data) == (f"diffusers:{model}", f"cache:cache/{preset}")
     assert config.grad_clip == (10.0 if family == "flux" else 2.0)

@@ -6,7 +6,7 @@ import torch
 import scfm
 from scfm.data.batches import DigitsBatches
 from scfm.models.builtin import build_builtin
-from scfm.presets import digits_config
+from scfm.train.presets import digits_config
 from scfm.weights.lora import lora_named_parameters
 
 
@@ -20,7 +20,7 @@ def tiny_dit():
 
 
 def run(**kw):
-    config = digits_config(max_steps=3, batch_size=16, lora_rank=4, lora_alpha=4, log_every=1, **kw)
+    config = digits_config({"lora.rank": 4, "lora.alpha": 4.0}, max_steps=3, batch_size=16, log_every=1, **kw)
     return scfm.distill(tiny_dit(), DigitsBatches(16, seed=0), config, progress=False)
 
 
@@ -38,7 +38,7 @@ def test_bf16_autocast_trains_with_fp32_lora_master_weights():
 
 def test_gradient_checkpointing_on_a_model_without_it_is_rejected():
     model = build_builtin("mlp2d")
-    config = scfm.DistillConfig(max_steps=1, lora_targets=("fc1",), gradient_checkpointing=True)
+    config = scfm.DistillConfig(max_steps=1, lora=scfm.LoraSpec(targets=("fc1",)), gradient_checkpointing=True)
     with pytest.raises(ValueError, match="gradient_checkpointing=True but VelocityMLP2D"):
         scfm.distill(model, iter([{"x0": torch.randn(4, 2)}]), config, progress=False)
 
@@ -47,7 +47,7 @@ def test_gradient_checkpointing_on_a_model_without_it_is_rejected():
 def test_torch_compile_trains_like_eager():
     from scfm.data.batches import Toy2DBatches
     from scfm.models.builtin import load_shipped_teacher
-    from scfm.presets import toy2d_config
+    from scfm.train.presets import toy2d_config
 
     def loss(compile_):
         cfg = toy2d_config(max_steps=10, compile=compile_, log_every=10)

@@ -30,7 +30,7 @@ def build_tiny_clip(folder: Path, seed: int = 0) -> Path:
     """Save a random tiny ``CLIPModel`` with its ``CLIPProcessor`` (32 px images, byte-level BPE) to ``folder``."""
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-    from tiny_pipelines import write_tiny_clip_tokenizer
+    from scfm.models.tiny import write_tiny_clip_tokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(write_tiny_clip_tokenizer(folder.parent / f"{folder.name}_tokenizer"))
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
@@ -401,15 +401,15 @@ def tiny_flux_with_lora(root: Path) -> tuple[Path, Path]:
 
     from scfm.export import export_diffusers_lora
     from scfm.models.flux import FluxAdapter
+    from scfm.models.tiny import build_tiny_flux_pipeline
     from scfm.weights.lora import LoraSpec, attach_lora, lora_named_parameters
-    from tiny_pipelines import build_tiny_flux_pipeline
 
     flux_dir = build_tiny_flux_pipeline(root)
     adapter = FluxAdapter(FluxTransformer2DModel.from_pretrained(flux_dir, subfolder="transformer"))
     attach_lora(adapter, LoraSpec(targets=FluxAdapter.default_lora_targets, rank=2, alpha=2.0))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for name, p in lora_named_parameters(adapter):
+        for _name, p in lora_named_parameters(adapter):
             p.copy_(0.3 * torch.randn(p.shape, generator=g))
     return flux_dir, export_diffusers_lora(adapter, root / "lora.safetensors")
 
@@ -422,6 +422,7 @@ def flux_and_lora(tmp_path_factory) -> tuple[Path, Path]:
 def eval_args(flux_dir, lora, prompts, clip_dir, out, *extra):
     return [
         "eval",
+        "--debug",
         "--model",
         str(flux_dir),
         "--lora",
@@ -455,7 +456,7 @@ def eval_args(flux_dir, lora, prompts, clip_dir, out, *extra):
 
 @pytest.mark.filterwarnings("ignore:.*feature dim")
 def test_scfm_eval_on_a_tiny_flux_pipeline_writes_metrics_grids_and_plot(flux_and_lora, clip_dir, tmp_path, capsys):
-    from scfm.cli import main
+    from scfm.commands.cli import main
 
     flux_dir, lora = flux_and_lora
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS[:3]) + "\n")
@@ -497,7 +498,7 @@ def test_scfm_eval_on_a_tiny_flux_pipeline_writes_metrics_grids_and_plot(flux_an
 
 def test_scfm_eval_checks_clip_lora_and_run_before_loading_the_pipeline(flux_and_lora, tmp_path, monkeypatch):
     import scfm.models.adapters as adapters
-    from scfm.cli import main
+    from scfm.commands.cli import main
 
     def no_load(*a, **k):
         raise AssertionError("the pipeline was loaded although --clip is missing")
@@ -515,6 +516,7 @@ def test_scfm_eval_checks_clip_lora_and_run_before_loading_the_pipeline(flux_and
         )
     run_args = [
         "eval",
+        "--debug",
         "--run",
         str(tmp_path / "not-a-run"),
         "--prompts",
@@ -529,9 +531,10 @@ def test_scfm_eval_checks_clip_lora_and_run_before_loading_the_pipeline(flux_and
 def test_eval_teacher_is_the_base_pipeline_and_student_the_lora_with_per_prompt_seeds(flux_and_lora):
     import argparse
 
-    from scfm.eval.t2i_cli import make_generators
+    from scfm.commands.eval import make_generators
     from scfm.models.adapters import load_pipeline
-    from scfm.pipeline_sampling import load_lora, sample_pipeline
+    from scfm.pipelines.lora import load_lora
+    from scfm.pipelines.sampling import sample_pipeline
 
     flux_dir, lora = flux_and_lora
     base, _ = load_pipeline(flux_dir, local_files_only=True)

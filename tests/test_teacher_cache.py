@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from scfm.cli import main
-from scfm.data import teacher_cache as tc
+from scfm.commands.cli import main
+from scfm.data import cache_inputs, cache_store, cache_writer
 from scfm.data.cache_batches import CacheBatches
-from scfm.data.teacher_cache import Bucket, parse_buckets, plan_prompt_samples, read_prompts
+from scfm.data.cache_inputs import Bucket, parse_buckets, plan_prompt_samples, read_prompts
 from scfm.fileio import load_safetensors
+from scfm.models.tiny import build_tiny_flux_pipeline, build_tiny_sd3_pipeline
 from scfm.train.config import DistillConfig
-from tiny_pipelines import build_tiny_flux_pipeline, build_tiny_sd3_pipeline
 
 # ----------------------------------------------------------------------------- inputs (no model)
 
@@ -28,9 +28,9 @@ def test_buckets_parse_as_width_x_height_and_reject_garbage():
 
 
 def test_bucket_sides_must_be_multiples_of_the_model_pixel_multiple():
-    tc.check_buckets(parse_buckets("512x768"), 16, "m")
+    cache_inputs.check_buckets(parse_buckets("512x768"), 16, "m")
     with pytest.raises(ValueError, match=r"bucket 500x512: m needs width and height divisible by 16.*use e.g. 496x512"):
-        tc.check_buckets(parse_buckets("500x512"), 16, "m")
+        cache_inputs.check_buckets(parse_buckets("500x512"), 16, "m")
 
 
 def test_prompt_files_txt_and_jsonl(tmp_path):
@@ -77,9 +77,9 @@ def test_sample_ids_and_seeds_are_a_pure_function_of_prompt_index_bucket_and_rep
 
 def test_nearest_bucket_by_aspect_ratio():
     buckets = parse_buckets("512x512,768x512,512x768")
-    assert tc.nearest_bucket(1000, 640, buckets) == Bucket(768, 512)
-    assert tc.nearest_bucket(300, 310, buckets) == Bucket(512, 512)
-    assert tc.nearest_bucket(400, 900, buckets) == Bucket(512, 768)
+    assert cache_inputs.nearest_bucket(1000, 640, buckets) == Bucket(768, 512)
+    assert cache_inputs.nearest_bucket(300, 310, buckets) == Bucket(512, 512)
+    assert cache_inputs.nearest_bucket(400, 900, buckets) == Bucket(512, 768)
 
 
 def test_distill_config_pairs_diffusers_teachers_with_caches():
@@ -144,6 +144,7 @@ def generate(model, prompts, out, *extra):
             "--device",
             "cpu",
             "--local-files-only",
+            "--debug",
             *extra,
         ]
     )
@@ -151,7 +152,7 @@ def generate(model, prompts, out, *extra):
 
 def cache_state(out: Path) -> dict[str, torch.Tensor]:
     """id -> x0 of every indexed sample, checking index/shard consistency on the way."""
-    entries, torn = tc.read_index(out)
+    entries, torn = cache_store.read_index(out)
     assert not torn
     ids = [e["id"] for e in entries]
     assert len(ids) == len(set(ids)), "duplicate ids"
@@ -160,7 +161,7 @@ def cache_state(out: Path) -> dict[str, torch.Tensor]:
     state = {}
     for e in entries:
         shard = load_safetensors(out / e["shard"])
-        assert tc.read_shard_ids(out / e["shard"])[e["row"]] == e["id"]
+        assert cache_store.read_shard_ids(out / e["shard"])[e["row"]] == e["id"]
         state[e["id"]] = shard["x0"][e["row"]]
     return state
 
@@ -212,13 +213,13 @@ def test_validation_errors_come_before_the_model_is_loaded(flux_dir, prompts, tm
         generate(tmp_path / "no-model", prompts, tmp_path / "c")
     with pytest.raises(ValueError, match="no 'transformer' subfolder"):
         generate(tmp_path, prompts, tmp_path / "c")
-    with pytest.raises(ValueError, match="--steps=0 must be a positive integer"):
+    with pytest.raises(ValueError, match="steps=0 must be a positive integer"):
         generate(flux_dir, prompts, tmp_path / "c", "--steps", "0")
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "meta.json").write_text(
         json.dumps(
             {
-                **tc.GenerateConfig(
+                **cache_writer.GenerateConfig(
                     model=str(flux_dir), out=tmp_path / "c", prompts=prompts, steps=2, dtype="fp32"
                 ).meta("flux"),
                 "guidance": 5.0,
@@ -227,7 +228,7 @@ def test_validation_errors_come_before_the_model_is_loaded(flux_dir, prompts, tm
     )
     with pytest.raises(
         ValueError,
-        match=r"made with guidance=5.0, this run asks for guidance=3.5: pick a new --out folder, or rerun with --guidance",
+        match=r"made with guidance=5.0, this run asks for guidance=3.5: write to a new out folder, or set guidance=5.0",
     ):
         generate(flux_dir, prompts, tmp_path / "c")
 
@@ -236,7 +237,7 @@ def test_validation_errors_come_before_the_model_is_loaded(flux_dir, prompts, tm
 def test_interrupted_generation_resumes_to_the_same_cache(flux_dir, prompts, reference_cache, tmp_path):
     out = tmp_path / "cache"
     generate(flux_dir, prompts, out, "--shard-size", "2", "--max-samples", "3")
-    assert len(tc.read_index(out)[0]) == 3
+    assert len(cache_store.read_index(out)[0]) == 3
     generate(flux_dir, prompts, out, "--shard-size", "2")
     state, ref = cache_state(out), cache_state(reference_cache)
     assert sorted(state) == sorted(ref) and len(state) == 6
@@ -251,7 +252,7 @@ def test_a_crash_between_shard_write_and_index_append_loses_and_duplicates_nothi
     flux_dir, prompts, reference_cache, tmp_path, monkeypatch
 ):
     out = tmp_path / "cache"
-    real_append = tc.append_index
+    real_append = cache_store.append_index
     calls = []
 
     def crash_on_second(cache_dir, entries):
@@ -260,11 +261,12 @@ def test_a_crash_between_shard_write_and_index_append_loses_and_duplicates_nothi
             raise RuntimeError("killed after writing the shard, before the index append")
         real_append(cache_dir, entries)
 
-    monkeypatch.setattr(tc, "append_index", crash_on_second)
+    monkeypatch.setattr(cache_writer, "append_index", crash_on_second)
     with pytest.raises(RuntimeError, match="killed"):
         generate(flux_dir, prompts, out, "--shard-size", "2")
-    assert len(list((out / "shards").iterdir())) == 2 and len(tc.read_index(out)[0]) == 2  # one orphan shard on disk
-    monkeypatch.setattr(tc, "append_index", real_append)
+    # one orphan shard on disk
+    assert len(list((out / "shards").iterdir())) == 2 and len(cache_store.read_index(out)[0]) == 2
+    monkeypatch.setattr(cache_writer, "append_index", real_append)
     generate(flux_dir, prompts, out, "--shard-size", "2")
     state = cache_state(out)
     assert sorted(state) == sorted(cache_state(reference_cache))
@@ -274,11 +276,11 @@ def test_a_crash_between_shard_write_and_index_append_loses_and_duplicates_nothi
 def test_a_torn_index_line_and_a_missing_shard_are_repaired_by_a_rerun(flux_dir, prompts, reference_cache, tmp_path):
     out = tmp_path / "cache"
     generate(flux_dir, prompts, out, "--shard-size", "2")
-    entries = tc.read_index(out)[0]
+    entries = cache_store.read_index(out)[0]
     (out / entries[0]["shard"]).unlink()  # a lost shard file: its samples must be regenerated
-    with open(out / tc.INDEX_FILE, "a") as f:
+    with open(out / cache_store.INDEX_FILE, "a") as f:
         f.write('{"id": "p000002_48x32_r00", "prom')  # a crash in the middle of an append
-    assert tc.read_index(out)[1] is True
+    assert cache_store.read_index(out)[1] is True
     generate(flux_dir, prompts, out, "--shard-size", "2")
     assert sorted(cache_state(out)) == sorted(cache_state(reference_cache))
 
@@ -313,6 +315,7 @@ def test_image_folder_mode_encodes_center_crops_into_the_nearest_bucket(flux_dir
         main(
             [
                 "generate-data",
+                "--debug",
                 "--model",
                 str(flux_dir),
                 "--images",
@@ -331,7 +334,7 @@ def test_image_folder_mode_encodes_center_crops_into_the_nearest_bucket(flux_dir
         )
         == 0
     )
-    entries = {e["id"]: e for e in tc.read_index(out)[0]}
+    entries = {e["id"]: e for e in cache_store.read_index(out)[0]}
     assert {k: (e["bucket"], e["image"], e["prompt"]) for k, e in entries.items()} == {
         "img_wide": ("48x32", "wide.png", "a wide picture"),
         "img_square": ("32x32", "square.png", "a square picture"),
@@ -340,7 +343,7 @@ def test_image_folder_mode_encodes_center_crops_into_the_nearest_bucket(flux_dir
     assert (out / "previews" / "img_wide.png").is_file()
     pipe, adapter_cls = load_pipeline(flux_dir, local_files_only=True)
     e = entries["img_wide"]
-    image = tc.load_image(folder / "wide.png", Bucket(48, 32))
+    image = cache_inputs.load_image(folder / "wide.png", Bucket(48, 32))
     assert image.shape == (3, 32, 48) and -1 <= image.min() and image.max() <= 1
     expected = adapter_cls.encode_images(pipe, image[None], [torch.Generator().manual_seed(e["seed"])])
     torch.testing.assert_close(load_safetensors(out / e["shard"])["x0"][e["row"] : e["row"] + 1], expected)
@@ -351,6 +354,7 @@ def test_image_folder_mode_encodes_center_crops_into_the_nearest_bucket(flux_dir
         main(
             [
                 "generate-data",
+                "--debug",
                 "--model",
                 str(flux_dir),
                 "--images",
@@ -390,10 +394,23 @@ def test_cache_batches_are_single_bucket_with_guidance_and_resume_exactly(refere
 
 
 @needs_diffusers
+def test_cache_batch_guidance_is_the_adapter_draw_from_the_same_generator(reference_cache):
+    from scfm.models.flux import draw_guidance
+
+    source = CacheBatches(reference_cache, batch_size=3, seed=4, guidance_range=(1.0, 6.0))
+    generator = torch.Generator().manual_seed(4)
+    for _ in range(4):
+        batch = source.next_batch()
+        bucket = int(torch.multinomial(source.weights, 1, generator=generator))
+        torch.randint(0, len(source.rows[bucket]), (3,), generator=generator)
+        assert torch.equal(batch["guidance"], draw_guidance(3, generator, 1.0, 6.0))
+
+
+@needs_diffusers
 def test_cache_batches_rows_are_the_cached_samples(reference_cache):
     source = CacheBatches(reference_cache, batch_size=1, seed=3)
     rows = {}
-    for e in tc.read_index(reference_cache)[0]:
+    for e in cache_store.read_index(reference_cache)[0]:
         shard = load_safetensors(reference_cache / e["shard"])
         rows[e["id"]] = (shard["x0"][e["row"]], shard["prompt_embeds"][e["row"]])
     for _ in range(5):
@@ -417,6 +434,6 @@ def test_sd3_cache_batches_carry_one_shared_negative_row(tmp_path, prompts):
 def test_cache_batches_name_a_missing_or_empty_cache(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a teacher cache .*scfm generate-data"):
         CacheBatches(tmp_path, batch_size=2)
-    (tmp_path / "meta.json").write_text(json.dumps({"format": tc.FORMAT}))
+    (tmp_path / "meta.json").write_text(json.dumps({"format": cache_store.FORMAT}))
     with pytest.raises(ValueError, match="has no samples"):
         CacheBatches(tmp_path, batch_size=2)

@@ -20,9 +20,9 @@ from scfm.models.adapters import (
     is_flow_matching_scheduler,  # noqa: E402
 )
 from scfm.models.cfg import combine_cfg  # noqa: E402
+from scfm.models.tiny import T5_WIDTH, WAN_LATENT_CHANNELS, WAN_LATENTS_MEAN, WAN_LATENTS_STD, build_tiny_wan_pipeline  # noqa: E402
 from scfm.models.wan import WAN_LORA_TARGETS, WanAdapter, denormalize_latents, normalize_latents  # noqa: E402
 from scfm.weights.lora import LoraSpec, attach_lora, linear_module_names, lora_named_parameters, matching_modules  # noqa: E402
-from tiny_pipelines import T5_WIDTH, WAN_LATENT_CHANNELS, WAN_LATENTS_MEAN, WAN_LATENTS_STD, build_tiny_wan_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.diffusers
 
@@ -219,8 +219,8 @@ def test_default_lora_targets_match_every_linear_and_start_as_a_zero_delta():
     cond = wan_cond(2)
     with torch.no_grad():
         before = adapter(x, t, **cond)
-    assert WanAdapter.recommended_config["lora_targets"] == WAN_LORA_TARGETS == adapter.default_lora_targets
-    scfm.DistillConfig(**WanAdapter.recommended_config).validate()
+    assert WanAdapter.recommended_config["lora.targets"] == WAN_LORA_TARGETS == adapter.default_lora_targets
+    scfm.DistillConfig.from_dict(WanAdapter.recommended_config).validate()
     spec = LoraSpec(targets=adapter.default_lora_targets, rank=2, alpha=2)
     names = matching_modules(adapter, spec)
     assert sorted(names) == sorted(linear_module_names(adapter))  # T2V Wan: every Linear is an SCFM target
@@ -304,13 +304,9 @@ def distilled_wan(transformer, alpha=4.0):
     config = scfm.DistillConfig(
         max_steps=3,
         lr=1e-3,
-        lora_rank=2,
-        lora_alpha=alpha,
-        lora_targets=WanAdapter.default_lora_targets,
-        teacher_min=4,
-        teacher_max=4,
+        lora=scfm.LoraSpec(targets=WanAdapter.default_lora_targets, rank=2, alpha=alpha),
+        plan=scfm.PlanConfig(teacher_min=4, teacher_max=4, resolution_shift_prob=0.5),
         grad_clip=2.0,
-        resolution_shift_prob=0.5,
         log_every=1,
         gradient_checkpointing=True,
     )
@@ -441,11 +437,11 @@ def test_end_to_end_generate_data_distill_export_load_and_sample(wan_dir, tmp_pa
     """generate-data (2 prompts x 2 buckets) -> distill from the cache -> export (diffusers, comfyui)
     -> load_lora_weights into WanPipeline -> 2-step samples: scfm's Euler on the pipeline's transformer
     equals the distilled model's, and WanPipeline itself runs with the LoRA."""
-    from scfm.cli import main
-    from scfm.data.teacher_cache import SHARED_FILE, read_index
-    from scfm.export_cli import load_run
+    from scfm.commands.cli import main
+    from scfm.data.cache_store import SHARED_FILE, read_index
     from scfm.fileio import load_safetensors
-    from scfm.pipeline_sampling import load_lora
+    from scfm.pipelines.lora import load_lora
+    from scfm.train.run_folder import load_run
 
     (tmp_path / "prompts.txt").write_text("a red cat\na blue dog\n")
     cache, run = tmp_path / "cache", tmp_path / "run"
@@ -490,17 +486,17 @@ def test_end_to_end_generate_data_distill_export_load_and_sample(wan_dir, tmp_pa
         "max_steps": 3,
         "batch_size": 2,
         "lr": 1.0e-2,
-        "lora_rank": 2,
-        "lora_alpha": 4.0,
-        "lora_targets": list(WAN_LORA_TARGETS),
-        "teacher_min": 4,
-        "teacher_max": 4,
+        "lora.rank": 2,
+        "lora.alpha": 4.0,
+        "lora.targets": list(WAN_LORA_TARGETS),
+        "plan.teacher_min": 4,
+        "plan.teacher_max": 4,
         "log_every": 1,
         "logger": "jsonl",
         "local_files_only": True,
         "final_weights": "student",
         "grad_clip": 2.0,
-        "resolution_shift_prob": 0.0,
+        "plan.resolution_shift_prob": 0.0,
         "cfg_mode": "runtime",
         "cfg_scale": 3.5,
     }

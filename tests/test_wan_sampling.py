@@ -4,7 +4,8 @@ import torch
 import scfm
 from scfm.export import export_diffusers_lora
 from scfm.models.wan import WanAdapter
-from scfm.pipeline_sampling import load_lora, sample_pipeline
+from scfm.pipelines.lora import load_lora
+from scfm.pipelines.sampling import sample_pipeline
 from scfm.weights.lora import lora_named_parameters
 from test_wan import FRAMES, C, F, distilled_wan, load_pipe, wan_dir  # noqa: F401,F811  (fixture)
 
@@ -43,7 +44,7 @@ def test_wan_pipeline_sampling_is_scfm_euler_on_the_same_grid(wan_dir, tmp_path,
 def test_wan_previews_and_sample_cli_write_frame_strips(wan_dir, tmp_path):  # noqa: F811
     from PIL import Image
 
-    from scfm.cli import main
+    from scfm.commands.cli import main
 
     (tmp_path / "p.txt").write_text("a red cat\n")
     assert (

@@ -2,17 +2,29 @@
 
 Public API::
 
-    result = scfm.distill(teacher, data, scfm.DistillConfig(...))
-    x0 = scfm.sample(result, noise, steps=4, **cond)
-    result.save("out/"); scfm.load("out/", fresh_teacher)
+    student = scfm.distill(teacher, data, scfm.DistillConfig(...))   # an nn.Module: v = student(x, t, **cond)
+    x0 = scfm.sample(student, noise, steps=4, **cond)
+    student.save("out/"); student = scfm.load("out/", fresh_teacher)
 """
 
+from scfm._version import __version__
+from scfm.distilled import DistilledModel
+from scfm.objective.plans import PlanConfig
 from scfm.sampling import sample, solver_nfe
 from scfm.train.config import DistillConfig
 from scfm.train.loop import distill
-from scfm.train.result import DistilledModel
+from scfm.weights.lora import LoraSpec
 
 load = DistilledModel.load
 
-__all__ = ["DistillConfig", "DistilledModel", "distill", "load", "sample", "solver_nfe"]
-__version__ = "0.1.0"
+__all__ = [
+    "__version__",
+    "DistillConfig",
+    "DistilledModel",
+    "LoraSpec",
+    "PlanConfig",
+    "distill",
+    "load",
+    "sample",
+    "solver_nfe",
+]

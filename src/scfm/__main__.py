@@ -1,3 +1,3 @@
-from scfm.cli import main
+from scfm.commands.cli import main
 
 raise SystemExit(main())

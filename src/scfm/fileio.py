@@ -1,4 +1,4 @@
-"""Atomic file writes and safe weight loading.
+"""Atomic file writes, safe weight loading, and the image file types scfm reads.
 
 Every file the project writes goes to a temporary name in the same folder and is renamed
 into place, so a crash mid-write never leaves a truncated file where a good one was.
@@ -7,6 +7,7 @@ Weights are always safetensors, never pickle.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -17,6 +18,9 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+"""File suffixes read as images (case-insensitive; PIL decodes them all): captioned image folders, FID references."""
 
 
 def _read_umask() -> int:
@@ -76,3 +80,15 @@ def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
             f"weights file {str(path)!r} is corrupt or not a safetensors file ({err}); "
             "re-create it or point to a good copy"
         ) from err
+
+
+def save_png(image: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Write one image [3, H, W] float in [0, 1] as an 8-bit PNG, atomically."""
+    from PIL import Image
+
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"save_png expects one image [3, H, W], got shape {tuple(image.shape)}")
+    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return atomic_write_bytes(path, buffer.getvalue())

@@ -15,7 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from scfm.distilled import DistilledModel
 from scfm.objective.grids import time_grid
+from scfm.weights.lora import has_lora
+from scfm.weights.lora import lora_scale as scaled_lora
 
 SOLVERS = ("euler", "heun", "dpmpp2m", "consistency")
 
@@ -131,30 +134,24 @@ def sample(
     A ``DistilledModel`` (from :func:`scfm.distill`) can be passed directly.
     """
     _check(solver, steps)
-    distilled = getattr(model, "is_distilled_model", False)
-    module = model.model if distilled else model
+    distilled = isinstance(model, DistilledModel)
     if lora_scale is None and distilled:
-        lora_scale = getattr(model, "lora_scales", {}).get(steps)
+        lora_scale = model.lora_scales.get(steps)
     scale_ctx = nullcontext()
     if lora_scale is not None:
-        from scfm.weights.lora import has_lora
-        from scfm.weights.lora import lora_scale as scaled
-
-        if not isinstance(module, nn.Module) or not has_lora(module):
+        if not isinstance(model, nn.Module) or not has_lora(model):
             raise ValueError("lora_scale was given but the model has no LoRA layers")
-        scale_ctx = scaled(module, lora_scale)
+        scale_ctx = scaled_lora(model, lora_scale)
     grid = time_grid(steps, shift, dtype=torch.float64)
-    student_ctx = nullcontext()
-    if distilled and callable(getattr(module, "student_pass", None)):
-        student_ctx = module.student_pass()  # a distilled model samples as it was trained (baked CFG)
-    was_training = module.training if isinstance(module, nn.Module) else False
-    if isinstance(module, nn.Module):
-        module.eval()
+    student_ctx = model.student_pass() if distilled else nullcontext()  # sampled as trained (baked CFG)
+    was_training = model.training if isinstance(model, nn.Module) else False
+    if isinstance(model, nn.Module):
+        model.eval()
     try:
         with scale_ctx, student_ctx:
             if solver == "consistency":
-                return consistency(module, noise, grid, cond, generator)
-            return _SOLVER_FNS[solver](module, noise, grid, cond)
+                return consistency(model, noise, grid, cond, generator)
+            return _SOLVER_FNS[solver](model, noise, grid, cond)
     finally:
-        if isinstance(module, nn.Module):
-            module.train(was_training)
+        if isinstance(model, nn.Module):
+            model.train(was_training)

@@ -5,8 +5,8 @@ from ONE bucket (one latent shape): the bucket is drawn with probability proport
 sample count, then B samples of it uniformly with replacement, all from the source's own
 ``torch.Generator``. Shared one-row tensors of the cache (the negative_* embeddings of
 true-CFG families) are added to every batch as [1, ...] (the adapters broadcast them). With
-``guidance_range`` (guidance-distilled transformers: Flux.1-dev) each batch also gets
-``"guidance"`` [B] ~ U[low, high] from the same generator (SCFM_SPEC: U[0, 7.5]), given
+``guidance_range`` (guidance-distilled transformers, which take guidance as an input) each batch
+also gets ``"guidance"`` [B] ~ U[low, high] from the same generator (SCFM_SPEC: U[0, 7.5]), given
 identically to teacher, EMAs and student by the training loop.
 
 Like :class:`scfm.data.batches.DigitsBatches` the whole state is the generator:
@@ -25,9 +25,13 @@ from typing import Any
 import torch
 
 from scfm.data.batches import GeneratorSource
-from scfm.data.teacher_cache import INDEX_FILE, SHARED_FILE, read_index, read_meta
+from scfm.data.cache_store import INDEX_FILE, SHARED_FILE, read_index, read_meta
 from scfm.fileio import load_safetensors
-from scfm.models.flux import draw_guidance
+
+
+def _draw_uniform(batch_size: int, generator: torch.Generator, low: float, high: float) -> torch.Tensor:
+    """Values [B] ~ U[low, high] from ``generator``, float32 on the CPU (one ``torch.rand`` call of B draws)."""
+    return low + (high - low) * torch.rand(batch_size, generator=generator, dtype=torch.float32)
 
 
 class CacheBatches(GeneratorSource):
@@ -53,12 +57,14 @@ class CacheBatches(GeneratorSource):
         entries, _ = read_index(self.cache_dir)
         if not entries:
             raise ValueError(
-                f"teacher cache {str(self.cache_dir)!r} has no samples in {INDEX_FILE}; run scfm generate-data --out {self.cache_dir} to fill it"
+                f"teacher cache {str(self.cache_dir)!r} has no samples in {INDEX_FILE}; "
+                f"run scfm generate-data --out {self.cache_dir} to fill it"
             )
         missing = sorted({e["shard"] for e in entries if not (self.cache_dir / e["shard"]).is_file()})
         if missing:
             raise ValueError(
-                f"teacher cache {str(self.cache_dir)!r} lists shards that do not exist ({missing[:3]}); rerun scfm generate-data on it to repair"
+                f"teacher cache {str(self.cache_dir)!r} lists shards that do not exist ({missing[:3]}); "
+                "rerun scfm generate-data on it to repair"
             )
         rows: dict[str, list[tuple[str, int]]] = defaultdict(list)
         for entry in entries:
@@ -108,7 +114,7 @@ class CacheBatches(GeneratorSource):
         batch["x0"] = batch["x0"].float()
         batch.update(self.shared)
         if self.guidance_range is not None:
-            batch["guidance"] = draw_guidance(self.batch_size, self.generator, *self.guidance_range)
+            batch["guidance"] = _draw_uniform(self.batch_size, self.generator, *self.guidance_range)
         return batch
 
     def __getstate__(self) -> dict[str, Any]:  # safe_open handles do not pickle (multiprocess loaders)

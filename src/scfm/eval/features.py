@@ -4,7 +4,7 @@ The classifier plays the role Inception plays for FID: trained once on the digit
 split only (never on "heldout"), shipped as ``scfm/assets/digits_classifier.safetensors``
 and loaded frozen by the evaluator. Re-create the asset with::
 
-    python -m scfm.eval.features --out src/scfm/assets/digits_classifier.safetensors
+    scfm pretrain --model digits-classifier --out src/scfm/assets/digits_classifier.safetensors --steps 40
 
 Training draws all randomness (weight init, shuffling, shift augmentation) from one
 ``torch.Generator`` seeded with ``seed``; it never touches the global RNG (modules are
@@ -16,9 +16,7 @@ machine's core count); the previous thread count is restored afterwards.
 
 from __future__ import annotations
 
-import argparse
 import math
-import time
 from importlib import resources
 from pathlib import Path
 
@@ -200,20 +198,3 @@ def load_digits_classifier(device: str | torch.device = "cpu", path: str | Path 
     model.to(device).eval()
     model.requires_grad_(False)
     return model
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m scfm.eval.features --out PATH [--seed S] [--epochs E]``."""
-    parser = argparse.ArgumentParser(description="Train and save the digits feature classifier.")
-    parser.add_argument("--out", type=Path, default=default_asset_path(), help="output .safetensors file")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the training generator")
-    parser.add_argument("--epochs", type=int, default=_DEFAULT_EPOCHS, help="training epochs")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    _, accuracy = train_digits_classifier(seed=args.seed, epochs=args.epochs, out_path=args.out)
-    elapsed = time.perf_counter() - start
-    print(f"held-out accuracy {accuracy:.4f} (seed {args.seed}, {elapsed:.1f} s) -> {args.out}")
-
-
-if __name__ == "__main__":
-    main()

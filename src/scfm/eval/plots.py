@@ -48,7 +48,8 @@ def _tile(images: Tensor, nrow: int, pad: int = 1) -> np.ndarray:
     return grid[0] if c == 1 else grid.transpose(1, 2, 0)
 
 
-def _save_figure(fig: Figure, path: PathLike, dpi: int = 100) -> Path:
+def save_figure(fig: Figure, path: PathLike, dpi: int = 100) -> Path:
+    """Render a matplotlib ``Figure`` (made without pyplot) to a PNG at ``path``, atomically."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
@@ -90,7 +91,7 @@ def save_comparison_grid(rows: Sequence[tuple[str, Tensor]], path: PathLike) -> 
         ax.set_xlim(-0.5, max_k * (images.shape[-1] + 1) + 0.5)
         ax.set_axis_off()
         ax.text(-0.01, 0.5, label, transform=ax.transAxes, ha="right", va="center", fontsize=9)
-    return _save_figure(fig, path, dpi=120)
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_quality_vs_steps(
@@ -144,7 +145,7 @@ def plot_quality_vs_steps(
     ax.set_ylabel(metric)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def save_scatter_2d(points: Sequence[tuple[str, Tensor]], path: PathLike, lim: float | None = None) -> Path:
@@ -174,4 +175,17 @@ def save_scatter_2d(points: Sequence[tuple[str, Tensor]], path: PathLike, lim: f
         ax.set_title(title, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
+
+
+def plot_training(history: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Loss components (log scale) and the consistency residual of the self rows against the step, as a PNG."""
+    fig = Figure(figsize=(9, 3.2))
+    ax1, ax2 = fig.subplots(1, 2)
+    steps = [h["step"] for h in history]
+    for key in ("loss", "loss_teacher", "loss_self"):
+        ax1.plot(steps, [h[key] for h in history], label=key)
+    ax1.set_yscale("log"), ax1.set_xlabel("step"), ax1.legend(fontsize=8), ax1.set_title("loss components")
+    ax2.plot(steps, [h["consistency_residual"] for h in history])
+    ax2.set_xlabel("step"), ax2.set_title("consistency residual (self rows)")
+    return save_figure(fig, path)

@@ -1,6 +1,6 @@
 """Inputs of text-to-image evaluation: the prompt list and a folder of real reference images.
 
-Prompt files are parsed by :func:`scfm.data.teacher_cache.read_prompts` (the same parser as
+Prompt files are parsed by :func:`scfm.data.cache_inputs.read_prompts` (the same parser as
 ``scfm generate-data``); reference images come back as [N, 3, H, W] float in [0, 1], resized and
 center-cropped to the generated size.
 """
@@ -15,12 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from scfm.data.teacher_cache import read_prompts
+from scfm.data.cache_inputs import read_prompts
+from scfm.fileio import IMAGE_SUFFIXES
 
 PathLike = str | os.PathLike
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-"""Files :func:`load_reference_folder` reads (case-insensitive)."""
 
 PROMPT_KEYS = ("prompt", "caption", "text")
 """Fields a ``.jsonl`` prompt line may hold its prompt in (the first present is used)."""
@@ -31,7 +29,7 @@ def load_prompts(path: PathLike, limit: int | None = None) -> list[str]:
 
     In ``.jsonl`` the keys ``"caption"`` and ``"text"`` are accepted too; a ``"seed"`` is checked
     but not used (prompt i gets seed ``--seed + i``). Parsed by
-    :func:`scfm.data.teacher_cache.read_prompts`. ``limit`` keeps the first ``limit`` prompts.
+    :func:`scfm.data.cache_inputs.read_prompts`. ``limit`` keeps the first ``limit`` prompts.
     Raises ``FileNotFoundError`` / ``ValueError`` naming the file and line for bad content.
     """
     if limit is not None and limit < 1:
@@ -41,15 +39,20 @@ def load_prompts(path: PathLike, limit: int | None = None) -> list[str]:
 
 
 def list_reference_images(folder: PathLike) -> list[Path]:
-    """Sorted PNG/JPG files in ``folder`` (not recursive); each header is checked, no pixels decoded."""
+    """Sorted image files (:data:`scfm.fileio.IMAGE_SUFFIXES`) in ``folder`` (not recursive); headers checked only."""
     from PIL import Image, UnidentifiedImageError
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"--reference {str(folder)!r} is not a folder; pass a folder of .png / .jpg images")
+        raise FileNotFoundError(
+            f"--reference {str(folder)!r} is not a folder; pass a folder of images ({' '.join(IMAGE_SUFFIXES)})"
+        )
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if len(files) < 2:
-        raise ValueError(f"--reference {str(folder)!r} holds {len(files)} .png/.jpg image(s); FID needs at least 2")
+        raise ValueError(
+            f"--reference {str(folder)!r} holds {len(files)} .png/.jpg image(s) "
+            f"(suffixes read: {' '.join(IMAGE_SUFFIXES)}); FID needs at least 2"
+        )
     for p in files:
         try:
             with Image.open(p) as im:
@@ -91,7 +94,7 @@ def iter_reference_folder(folder: PathLike, size: int | tuple[int, int], batch_s
 
 
 def load_reference_folder(folder: PathLike, size: int | tuple[int, int]) -> Tensor:
-    """All .png/.jpg images of ``folder`` (sorted by name) as [N, 3, H, W] float in [0, 1].
+    """All images of ``folder`` (sorted by name; :func:`list_reference_images`) as [N, 3, H, W] float in [0, 1].
 
     Each image is converted to RGB, resized (bicubic) so that it covers ``size`` (an int for
     square, or (H, W)) and center-cropped to it. Needs at least 2 images.

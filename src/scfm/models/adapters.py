@@ -121,7 +121,8 @@ class VelocityAdapter(nn.Module):
     default_lora_targets: ClassVar[tuple[str, ...]] = ()
     """Official LoRA targets (module-name suffixes): attention, MLP, norm and embedder Linears."""
     recommended_config: ClassVar[dict[str, Any]] = {}
-    """DistillConfig fields the official scripts use for this family (``DistillConfig(**recommended_config)``)."""
+    """DistillConfig fields (dotted names) the official scripts use for this family
+    (``DistillConfig.from_dict(recommended_config)``)."""
     cond_keys: ClassVar[tuple[str, ...]] = ()
     """Every cond key :meth:`forward` accepts."""
     latent_ndim: ClassVar[int] = 4
@@ -129,6 +130,12 @@ class VelocityAdapter(nn.Module):
     pipeline_class_name: ClassVar[str] = ""
     """The diffusers pipeline class of the family ("FluxPipeline", "StableDiffusion3Pipeline"): what
     :func:`load_pipeline` builds and what the pipeline hooks below are written against."""
+
+    true_cfg: ClassVar[bool] = False
+    """Whether the family guides by true CFG (``v_c + w (v_c - v_neg)``, two passes a step) rather than
+    an embedded guidance value (Flux.1-dev) or none."""
+    default_guidance: ClassVar[float] = 3.5
+    """Sampling guidance in scfm's convention: the embedded value, or the CFG w of true-CFG families."""
 
     def __init__(self, transformer: nn.Module) -> None:
         super().__init__()
@@ -158,6 +165,30 @@ class VelocityAdapter(nn.Module):
     def enable_gradient_checkpointing(self) -> None:
         """Recompute the transformer's activations in the backward pass (diffusers' own switch)."""
         self.transformer.enable_gradient_checkpointing()
+
+    # ------------------------------------------------------------------ family traits
+    @classmethod
+    def guidance_kwargs(cls, cfg_scale: float, cfg_mode: str) -> dict[str, Any]:
+        """Constructor keywords that carry a run's CFG settings: {} here; true-CFG families take them."""
+        return {}
+
+    @classmethod
+    def pipeline_guidance_scale(cls, guidance: float) -> float:
+        """The pipeline's ``guidance_scale`` for scfm's ``guidance``: ``w + 1`` under true CFG, else the value."""
+        return guidance + 1.0 if cls.true_cfg else guidance
+
+    @classmethod
+    def passes_per_step(cls, guidance: float) -> int:
+        """Transformer passes one sampling step costs at ``guidance``: 2 under true CFG with w > 0, else 1."""
+        return 2 if cls.true_cfg and guidance > 0 else 1
+
+    @classmethod
+    def pipeline_latents(cls, pipe: Any, latents: torch.Tensor, height: int | None, width: int | None) -> torch.Tensor:
+        """A pipeline's ``output_type="latent"`` result -> x0 in the adapter convention (here unchanged).
+
+        ``height`` / ``width`` are the requested pixel sizes (None: the pipeline's default).
+        """
+        return latents
 
     # ------------------------------------------------------------------ pipeline hooks
     # Used by `scfm generate-data` (teacher cache), `scfm sample` / `scfm eval`. They take a
@@ -383,6 +414,15 @@ def get_all_adapters() -> dict[str, type[VelocityAdapter]]:
     for module in _BUILTIN_MODULES:
         importlib.import_module(module)
     return dict(ADAPTERS)
+
+
+def adapter_for_pipeline(pipe: Any) -> type[VelocityAdapter]:
+    """The registered adapter class for ``pipe.transformer``'s class."""
+    name = type(pipe.transformer).__name__
+    for cls in get_all_adapters().values():
+        if cls.transformer_class_name == name:
+            return cls
+    raise ValueError(f"no scfm adapter wraps a {name}; pipelines of {sorted(get_all_adapters())} are supported")
 
 
 def adapter_for(transformer: nn.Module, **kwargs: Any) -> VelocityAdapter:

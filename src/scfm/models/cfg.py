@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -55,9 +55,15 @@ class TrueCFG:
     Call :meth:`_init_cfg` from ``__init__`` (after ``nn.Module.__init__``).
     """
 
+    true_cfg: ClassVar[bool] = True
     guidance_scale: float
     cfg_mode: str
     _guidance_on: bool
+
+    @classmethod
+    def guidance_kwargs(cls, cfg_scale: float, cfg_mode: str) -> dict[str, Any]:
+        """The constructor's ``guidance_scale`` (w) and ``cfg_mode`` from a run's ``cfg_scale`` / ``cfg_mode``."""
+        return {"guidance_scale": cfg_scale, "cfg_mode": cfg_mode}
 
     def _init_cfg(self, guidance_scale: float, cfg_mode: str) -> None:
         self.guidance_scale = float(guidance_scale)

@@ -126,7 +126,7 @@ class FluxAdapter(VelocityAdapter):
     transformer_class_name = "FluxTransformer2DModel"
     pipeline_class_name = "FluxPipeline"
     default_lora_targets = FLUX_LORA_TARGETS
-    recommended_config = {"lora_targets": FLUX_LORA_TARGETS, "grad_clip": 10.0, "lora_rank": 64, "lora_alpha": 64.0}
+    recommended_config = {"lora.targets": FLUX_LORA_TARGETS, "grad_clip": 10.0, "lora.rank": 64, "lora.alpha": 64.0}
     cond_keys = ("prompt_embeds", "pooled_prompt_embeds", "guidance")
     draw_guidance = staticmethod(draw_guidance)
     with_guidance = staticmethod(with_guidance)
@@ -222,6 +222,13 @@ class FluxAdapter(VelocityAdapter):
             return_dict=False,
         )[0]
         return pipe._unpack_latents(packed, height, width, pipe.vae_scale_factor).float()
+
+    @classmethod
+    def pipeline_latents(cls, pipe: Any, latents: torch.Tensor, height: int | None, width: int | None) -> torch.Tensor:
+        """FluxPipeline's packed tokens [B, N, 4C] -> x0 [B, C, h, w] (its ``_unpack_latents``)."""
+        height = height or pipe.default_sample_size * pipe.vae_scale_factor
+        width = width or pipe.default_sample_size * pipe.vae_scale_factor
+        return pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
 
     @classmethod
     def encode_images(

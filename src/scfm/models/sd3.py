@@ -87,12 +87,12 @@ class SD3Adapter(TrueCFG, VelocityAdapter):
     default_lora_targets = SD3_LORA_TARGETS
     # the reference SD3 run: grad clip 2 and no resolution shift (dyn_prob=0), EMA restart every 2000 steps
     recommended_config = {
-        "lora_targets": SD3_LORA_TARGETS,
+        "lora.targets": SD3_LORA_TARGETS,
         "grad_clip": 2.0,
-        "resolution_shift_prob": 0.0,
+        "plan.resolution_shift_prob": 0.0,
         "ema_restart_every": 2000,
-        "lora_rank": 64,
-        "lora_alpha": 64.0,
+        "lora.rank": 64,
+        "lora.alpha": 64.0,
     }
     cond_keys = ("prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")
 

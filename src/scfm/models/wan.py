@@ -145,11 +145,11 @@ class WanAdapter(TrueCFG, VelocityAdapter):
     # inside the spec's U[2.5, 4.5] training range), and Flux's mu line extrapolated to a video's
     # token count (81 frames at 480p: 21 * 30 * 52 = 32760 tokens) would give a shift of ~400.
     recommended_config: ClassVar[dict[str, Any]] = {
-        "lora_targets": WAN_LORA_TARGETS,
+        "lora.targets": WAN_LORA_TARGETS,
         "grad_clip": 2.0,
-        "resolution_shift_prob": 0.0,
-        "lora_rank": 64,
-        "lora_alpha": 64.0,
+        "plan.resolution_shift_prob": 0.0,
+        "lora.rank": 64,
+        "lora.alpha": 64.0,
     }
     cond_keys = ("prompt_embeds", "negative_prompt_embeds")
     latent_ndim = 5

@@ -49,31 +49,37 @@ class PlanConfig:
         return self.self_grids if self.self_grids is not None else default_self_grids(self.t_skip, self.teacher_min)
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the field, the bad value and the fix."""
+        """Raise ``ValueError`` naming the field (as ``plan.<field>``, its name in a DistillConfig),
+        the bad value and the fix."""
         if self.t_skip < 2 or self.t_skip % 2:
             raise ValueError(
-                f"t_skip={self.t_skip} must be an even integer >= 2 (half the sub-steps come from the slow EMA)"
+                f"plan.t_skip={self.t_skip} must be an even integer >= 2 (half the sub-steps come from the slow EMA)"
             )
         for name in ("teacher_ratio", "fm_ratio", "resolution_shift_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name}={value} must lie in [0, 1]")
+                raise ValueError(f"plan.{name}={value} must lie in [0, 1]")
         if self.teacher_min > self.teacher_max:
-            raise ValueError(f"teacher_min={self.teacher_min} must be <= teacher_max={self.teacher_max}")
+            raise ValueError(f"plan.teacher_min={self.teacher_min} must be <= plan.teacher_max={self.teacher_max}")
         grids = self.resolved_self_grids()
-        for name, sizes in (("teacher_min/teacher_max", (self.teacher_min, self.teacher_max)), ("self_grids", grids)):
+        sizes_by_name = (
+            ("plan.teacher_min/teacher_max", (self.teacher_min, self.teacher_max)),
+            ("plan.self_grids", grids),
+        )
+        for name, sizes in sizes_by_name:
             bad = [n for n in sizes if n < self.t_skip or n % self.t_skip]
             if bad:
                 raise ValueError(
-                    f"{name} contain {bad}: every grid size must be a positive multiple of t_skip={self.t_skip}"
+                    f"{name} contain {bad}: every grid size must be a positive multiple of plan.t_skip={self.t_skip}"
                 )
         if not grids and self.teacher_ratio < 1.0:
             raise ValueError(
-                f"no self-branch grid below teacher_min={self.teacher_min} for t_skip={self.t_skip}; lower t_skip or set self_grids"
+                f"no self-branch grid below plan.teacher_min={self.teacher_min} for plan.t_skip={self.t_skip}; "
+                "lower plan.t_skip or set plan.self_grids"
             )
         lo, hi = self.shift_range
         if not 0 < lo <= hi:
-            raise ValueError(f"shift_range={self.shift_range} must satisfy 0 < lo <= hi")
+            raise ValueError(f"plan.shift_range={self.shift_range} must satisfy 0 < lo <= hi")
 
 
 @dataclass

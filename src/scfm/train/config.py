@@ -1,10 +1,19 @@
-"""The distillation config: every knob of SCFM with the spec's default and a one-line doc."""
+"""The distillation config: every knob of SCFM with the spec's default and a one-line doc.
+
+:class:`DistillConfig` is composed of the lower layers' specs: ``plan`` (a
+:class:`~scfm.objective.plans.PlanConfig`, the shortcut-plan knobs) and ``lora`` (a
+:class:`~scfm.weights.lora.LoraSpec`). In dicts and YAML their fields are a nested section
+(``lora: {rank: 8}``) or a dotted name (``lora.rank``); configs written before the sections
+existed used flat names (``lora_rank``), which :data:`LEGACY_FIELDS` translates.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from scfm.objective.plans import PlanConfig
 from scfm.weights.lora import LoraSpec
@@ -43,31 +52,17 @@ class DistillConfig:
     batch_size: int = 8
     """Batch size for data the package builds (built-in datasets, caches)."""
     # LoRA
-    lora_rank: int = 64
-    lora_alpha: float = 64.0
-    lora_targets: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2", "adaLN")
-    """Module-name suffixes of the Linear layers that get a LoRA (or one regex starting with '^')."""
-    lora_dropout: float = 0.0
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    """Where and how big the LoRA is: ``targets`` (Linear-name suffixes, or one regex starting with '^'),
+    ``rank`` 64, ``alpha`` 64, ``dropout`` 0, ``exclude``."""
     # shortcut plans
     objective: str = "scfm"
     """Training objective: 'scfm' (the method) or 'lcm' (latent consistency distillation, the
-    benchmark baseline: times on the ``teacher_min``-step grid, slow EMA as target network)."""
-    t_skip: int = 2
-    """Sub-steps per shortcut jump (even)."""
-    teacher_ratio: float = 0.4
-    """Probability of the teacher branch for a shortcut sample (paper's k/N)."""
-    teacher_min: int = 32
-    teacher_max: int = 32
-    """Teacher fine-grid size range (steps of t_skip)."""
-    self_grids: tuple[int, ...] | None = None
-    """Self-branch coarse grids; None = powers of two from t_skip below teacher_min."""
-    fm_ratio: float = 0.0
-    """Fraction of each batch trained with the plain flow-matching target (official non_shortcut_ratio)."""
-    shift_min: float = 2.5
-    shift_max: float = 4.5
-    """Fixed training shift s ~ U[shift_min, shift_max]; 1, 1 means no shift."""
-    resolution_shift_prob: float = 0.1
-    """Probability of the resolution shift (needs a token count from the adapter)."""
+    benchmark baseline: times on the ``plan.teacher_min``-step grid, slow EMA as target network)."""
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    """Shortcut-plan knobs with the spec's defaults: ``t_skip``, ``teacher_ratio``, ``teacher_min`` /
+    ``teacher_max``, ``self_grids``, ``fm_ratio`` (official non_shortcut_ratio), ``shift_range``,
+    ``resolution_shift_prob``."""
     # EMAs
     fast_decay: float = 0.99
     slow_decay: float = 0.999
@@ -130,26 +125,9 @@ class DistillConfig:
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form fields kept with the run (presets, notes)."""
 
-    def plan_config(self) -> PlanConfig:
-        return PlanConfig(
-            t_skip=self.t_skip,
-            teacher_ratio=self.teacher_ratio,
-            teacher_min=self.teacher_min,
-            teacher_max=self.teacher_max,
-            self_grids=tuple(self.self_grids) if self.self_grids is not None else None,
-            fm_ratio=self.fm_ratio,
-            shift_range=(self.shift_min, self.shift_max),
-            resolution_shift_prob=self.resolution_shift_prob,
-        )
-
-    def lora_spec(self) -> LoraSpec:
-        return LoraSpec(
-            targets=tuple(self.lora_targets), rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout
-        )
-
     def validate(self) -> DistillConfig:
-        """Raise ``ValueError`` naming the field, the bad value and the allowed range."""
-        positive = ("max_steps", "batch_size", "lora_rank", "log_every", "grad_accum")
+        """Raise ``ValueError`` naming the field (dotted: ``lora.rank``), the bad value and the allowed range."""
+        positive = ("max_steps", "batch_size", "log_every", "grad_accum")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -167,9 +145,8 @@ class DistillConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}={value!r} must be an integer >= 0")
-        for name in ("lr", "lora_alpha"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be > 0")
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr!r} must be > 0")
         for name in ("weight_decay", "grad_clip"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
@@ -179,8 +156,6 @@ class DistillConfig:
             raise ValueError(f"lr_schedule={self.lr_schedule!r} must be one of {LR_SCHEDULES}")
         if not 0.0 <= self.lr_final_ratio <= 1.0:
             raise ValueError(f"lr_final_ratio={self.lr_final_ratio!r} must lie in [0, 1]")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"lora_dropout={self.lora_dropout!r} must lie in [0, 1)")
         for name in ("fast_decay", "slow_decay"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must lie in [0, 1)")
@@ -194,11 +169,28 @@ class DistillConfig:
             raise ValueError(f"nan_policy={self.nan_policy!r} must be one of {NAN_POLICIES}")
         if self.logger not in LOGGERS:
             raise ValueError(f"logger={self.logger!r} must be one of {LOGGERS}")
-        if not self.lora_targets:
-            raise ValueError("lora_targets=() is empty: name at least one Linear module suffix")
+        self._validate_lora()
         self._validate_diffusers()
-        self.plan_config().validate()
+        if not isinstance(self.plan, PlanConfig):
+            raise ValueError(f"plan={self.plan!r} must be a PlanConfig (DistillConfig.from_dict takes a mapping)")
+        self.plan.validate()
         return self
+
+    def _validate_lora(self) -> None:
+        """The ``lora`` section: a positive integer rank, alpha > 0, dropout in [0, 1), at least one target."""
+        lora = self.lora
+        if not isinstance(lora, LoraSpec):
+            raise ValueError(f"lora={lora!r} must be a LoraSpec (DistillConfig.from_dict takes a mapping)")
+        if not isinstance(lora.rank, int) or isinstance(lora.rank, bool) or lora.rank < 1:
+            raise ValueError(f"lora.rank={lora.rank!r} must be a positive integer")
+        if not lora.alpha > 0:
+            raise ValueError(f"lora.alpha={lora.alpha!r} must be > 0")
+        if not 0.0 <= lora.dropout < 1.0:
+            raise ValueError(f"lora.dropout={lora.dropout!r} must lie in [0, 1)")
+        if isinstance(lora.targets, str):
+            raise ValueError(f"lora.targets={lora.targets!r} must be a list of module-name suffixes, e.g. [qkv, proj]")
+        if not lora.targets:
+            raise ValueError("lora.targets=() is empty: name at least one Linear module suffix")
 
     def _validate_diffusers(self) -> None:
         """The diffusers-teacher fields and the teacher/data pairing."""
@@ -232,25 +224,123 @@ class DistillConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as plain nested dicts (``{"plan": {...}, "lora": {...}, "lr": ...}``); from_dict inverts it."""
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> DistillConfig:
-        """Build from a dict; unknown keys raise ``ValueError`` listing the valid ones."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
+    def from_dict(cls, values: Mapping[str, Any]) -> DistillConfig:
+        """Build from ``values`` over the defaults: nested sections (``{"lora": {"rank": 8}}``, merged
+        into the default section), dotted names (``{"lora.rank": 8}``) or legacy flat names
+        (:data:`LEGACY_FIELDS`). YAML-friendly values are coerced to the field types: ints and
+        strings such as ``"1e-4"`` for floats, lists for tuples, YAML booleans for text fields.
+        Unknown names raise ``ValueError`` listing the valid ones."""
+        flat = dotted_values(values)
+        valid = field_names()
+        unknown = sorted(set(flat) - set(valid))
         if unknown:
-            raise ValueError(f"unknown config field(s) {unknown}; valid fields: {sorted(names)}")
-        values = dict(values)
-        for f in dataclasses.fields(cls):
-            if f.name in values and isinstance(f.default, float) and not isinstance(f.default, bool):
-                values[f.name] = _as_float(f.name, values[f.name])
-            if f.name in values and isinstance(f.default, str) and isinstance(values[f.name], bool):
-                values[f.name] = "yes" if values[f.name] else "no"  # YAML 1.1 reads a bare no / off as false
-        for key in ("lora_targets", "self_grids"):
-            if isinstance(values.get(key), list):
-                values[key] = tuple(values[key])
-        return cls(**values)
+            sections = {name.split(".", 1)[0] for name in unknown if "." in name}
+            if len(sections) == 1 and all("." in name for name in unknown):
+                section = sections.pop()
+                listed = [name for name in valid if name.startswith(section + ".")]
+                raise ValueError(f"unknown config field(s) {unknown}; valid {section} fields: {listed}")
+            raise ValueError(f"unknown config field(s) {unknown}; valid fields: {valid}")
+        top = {name: value for name, value in flat.items() if "." not in name}
+        built: dict[str, Any] = _coerced(cls, top, "")
+        for section, spec_cls in SECTIONS.items():
+            given = {name.split(".", 1)[1]: v for name, v in flat.items() if name.startswith(section + ".")}
+            default = cls.__dataclass_fields__[section].default_factory()
+            built[section] = dataclasses.replace(default, **_coerced(spec_cls, given, section + "."))
+        return cls(**built)
+
+
+SECTIONS: dict[str, type] = {"plan": PlanConfig, "lora": LoraSpec}
+"""The DistillConfig fields that are dataclasses of a lower layer; their fields are named ``section.field``."""
+
+LEGACY_FIELDS: dict[str, str] = {
+    "lora_targets": "lora.targets",
+    "lora_rank": "lora.rank",
+    "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout",
+    "t_skip": "plan.t_skip",
+    "teacher_ratio": "plan.teacher_ratio",
+    "teacher_min": "plan.teacher_min",
+    "teacher_max": "plan.teacher_max",
+    "self_grids": "plan.self_grids",
+    "fm_ratio": "plan.fm_ratio",
+    "shift_min": "plan.shift_range[0]",
+    "shift_max": "plan.shift_range[1]",
+    "resolution_shift_prob": "plan.resolution_shift_prob",
+}
+"""Flat names of configs (run folders, checkpoints) written before ``plan`` / ``lora`` -> dotted names;
+``[i]`` names one item of a pair."""
+
+
+def field_names() -> list[str]:
+    """Every name :meth:`DistillConfig.from_dict` accepts besides the legacy ones, sorted (``lora.rank``, ``lr``)."""
+    names = [f.name for f in dataclasses.fields(DistillConfig) if f.name not in SECTIONS]
+    names += [f"{section}.{f.name}" for section, spec_cls in SECTIONS.items() for f in dataclasses.fields(spec_cls)]
+    return sorted(names)
+
+
+def dotted_values(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Config values as one flat dict keyed by dotted name (``{"lora.rank": 8}``); later layers win.
+
+    A layer may give a section nested (``{"lora": {"rank": 8}}`` or a ``LoraSpec``), by dotted
+    names, or by the legacy flat names of :data:`LEGACY_FIELDS`. Names are not checked here.
+    """
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            key = str(key)
+            if key in SECTIONS:
+                out.update((f"{key}.{name}", item) for name, item in _section_items(key, value))
+                continue
+            key = LEGACY_FIELDS.get(key, key)
+            if key.endswith("]"):  # one item of a pair, e.g. shift_min -> plan.shift_range[0]
+                key, _, index = key[:-1].partition("[")
+                section, name = key.split(".", 1)
+                pair = list(out.get(key, getattr(DistillConfig.__dataclass_fields__[section].default_factory(), name)))
+                pair[int(index)] = value
+                value = tuple(pair)
+            out[key] = value
+    return out
+
+
+def _section_items(section: str, value: Any) -> list[tuple[str, Any]]:
+    """The (field, value) pairs of a nested section given as a mapping or as the section's dataclass."""
+    if isinstance(value, SECTIONS[section]):
+        return [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)]
+    if isinstance(value, Mapping):
+        return [(str(name), item) for name, item in value.items()]
+    raise ValueError(
+        f"{section}={value!r} must be a mapping of {section} fields (for example {section}: {{...}}) "
+        f"or dotted names such as {section}.{dataclasses.fields(SECTIONS[section])[0].name}"
+    )
+
+
+def _coerced(cls: type, values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """``values`` (fields of dataclass ``cls``) converted to the field types by :func:`_coerce`."""
+    hints = get_type_hints(cls)
+    return {name: _coerce(prefix + name, hints[name], value) for name, value in values.items()}
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    """A YAML-friendly value as type ``hint``: ints and numeric strings for floats, lists for tuples
+    (item by item), YAML 1.1 booleans (a bare no / off) for text; anything else unchanged."""
+    if value is None:
+        return None
+    if get_origin(hint) in (Union, types.UnionType):
+        options = [arg for arg in get_args(hint) if arg is not type(None)]
+        return _coerce(name, options[0], value) if len(options) == 1 else value
+    if hint is float:
+        return _as_float(name, value)
+    if hint is str and isinstance(value, bool):
+        return "yes" if value else "no"
+    if get_origin(hint) is tuple and isinstance(value, (list, tuple)):
+        args = get_args(hint)
+        items = args[:1] * len(value) if args[1:] == (Ellipsis,) else args
+        return tuple(_coerce(f"{name}[{i}]", items[i] if i < len(items) else Any, v) for i, v in enumerate(value))
+    return value
 
 
 def _as_float(name: str, value: Any) -> Any:

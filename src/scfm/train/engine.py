@@ -16,9 +16,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from scfm.distilled import DistilledModel
 from scfm.train.checkpoint import optimizer_from_tensors, optimizer_to_tensors
 from scfm.train.config import DistillConfig
-from scfm.train.result import DistilledModel
 from scfm.train.step import STEP_CLASSES
 from scfm.weights.ema import FastSlowEMA
 from scfm.weights.lora import attach_lora, init_lora, lora_named_parameters
@@ -60,14 +60,14 @@ class Distiller:
         self.rank, self.world_size = world()
         if config.flush_denormal and device.type == "cpu":
             torch.set_flush_denormal(True)
-        self.model = attach_lora(model, config.lora_spec())
+        self.model = attach_lora(model, config.lora)
         init_lora(self.model, torch.Generator().manual_seed(config.seed))
         named = lora_named_parameters(self.model)
         self.names = [_strip(n) for n, _ in named]
         self.params = [p for _, p in named]
         self.ema = FastSlowEMA(self.names, self.params, config.fast_decay, config.slow_decay)
         self.step_fn = STEP_CLASSES[config.objective](
-            self.model, self.params, self.ema, config.plan_config(), config.mixed_precision, config.target_precision
+            self.model, self.params, self.ema, config.plan, config.mixed_precision, config.target_precision
         )
         self.opt = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
@@ -219,7 +219,7 @@ class Distiller:
     def load_state_groups(self, groups: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any]) -> None:
         lora = groups["lora"]
         if set(lora) != set(self.names):
-            raise ValueError("checkpoint LoRA does not match this model/config (different lora_targets or model?)")
+            raise ValueError("checkpoint LoRA does not match this model/config (different lora.targets or model?)")
         torch._foreach_copy_(self.params, [lora[n].to(self.device) for n in self.names])
         self.ema.load_state_dict({k: v.to(self.device) for k, v in groups["ema"].items()})
         optimizer_from_tensors(
@@ -244,7 +244,14 @@ class Distiller:
             "fast_ema": {n: t.clone() for n, t in zip(self.names, self.ema.fast)},
             "slow_ema": {n: t.clone() for n, t in zip(self.names, self.ema.slow)},
         }
-        out = DistilledModel(model=self.model, config=self.config, weights=weights, history=self.history)
+        out = DistilledModel(
+            self.model,
+            self.config.lora,
+            config=self.config.to_dict(),
+            final_weights=self.config.final_weights,
+            weights=weights,
+            history=self.history,
+        )
         out.use_weights(self.config.final_weights)
         self.model.eval()
         return out

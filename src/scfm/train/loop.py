@@ -14,12 +14,12 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from scfm.distilled import DistilledModel
 from scfm.fileio import atomic_write_text
 from scfm.train.checkpoint import resolve_resume, save_checkpoint
 from scfm.train.config import DistillConfig
 from scfm.train.engine import Distiller, world
-from scfm.train.logging import RunLogger
-from scfm.train.result import DistilledModel
+from scfm.train.run_log import RunLogger
 from scfm.weights.lora import attach_lora, has_lora, matching_modules
 
 
@@ -145,8 +145,8 @@ def distill(
     config = (config or DistillConfig()).validate()
     if has_lora(teacher):
         raise ValueError("teacher already has LoRA layers; pass the plain base model (or fuse the LoRA first)")
-    if not matching_modules(teacher, config.lora_spec()):
-        attach_lora(teacher, config.lora_spec())  # raises the error that lists the Linear names
+    if not matching_modules(teacher, config.lora):
+        attach_lora(teacher, config.lora)  # raises the error that lists the Linear names
     device = resolve_device(config.device, teacher)
     teacher.to(device).eval()
     if config.gradient_checkpointing:

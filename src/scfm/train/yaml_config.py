@@ -1,8 +1,17 @@
 """Load a :class:`DistillConfig` from YAML with ``key=value`` overrides.
 
-``scfm distill CONFIG.yaml --set lr=1e-4 --set lora_targets=[qkv,proj]``: each value is
-parsed as YAML, so numbers, booleans, lists and null work as written. Unknown keys and
-bad values fail before any work starts, naming the field.
+``scfm distill CONFIG.yaml --set lr=1e-4 --set lora.targets=[qkv,proj] --set plan.self_grids=[2,4]``:
+each value is parsed as YAML, so numbers, booleans, lists and null work as written. The
+``plan`` and ``lora`` fields are nested sections in the file and dotted names in ``--set``::
+
+    lr: 1.0e-3
+    lora:
+      rank: 8
+      targets: [qkv, proj]
+    plan:
+      teacher_ratio: 0.2
+
+Unknown keys and bad values fail before any work starts, naming the field.
 """
 
 from __future__ import annotations
@@ -13,11 +22,11 @@ from typing import Any
 
 import yaml
 
-from scfm.train.config import DistillConfig
+from scfm.train.config import DistillConfig, dotted_values
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """``["a=1", "b=[x, y]"]`` -> ``{"a": 1, "b": ["x", "y"]}``."""
+    """``["a=1", "b.c=[x, y]"]`` -> ``{"a": 1, "b.c": ["x", "y"]}`` (keys kept as written)."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
@@ -31,7 +40,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> DistillConfig:
-    """Read ``path`` (YAML mapping of DistillConfig fields), apply overrides, validate."""
+    """Read ``path`` (YAML mapping of DistillConfig fields), apply ``key=value`` overrides over it
+    field by field (``--set lora.rank=8`` keeps the file's other ``lora`` fields), validate."""
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -45,9 +55,8 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
             raise ValueError(
                 f"config file {str(path)!r} must hold a mapping of field: value, got {type(loaded).__name__}"
             )
-        values.update(loaded or {})
-    values.update(parse_overrides(overrides))
-    return DistillConfig.from_dict(values).validate()
+        values = loaded or {}
+    return DistillConfig.from_dict(dotted_values(values, parse_overrides(overrides))).validate()
 
 
 def dump_config(config: DistillConfig) -> str:

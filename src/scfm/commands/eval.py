@@ -1,6 +1,6 @@
 """``scfm eval``: CLIP score, dFID and FID of a distilled text-to-image LoRA against its teacher.
 
-Glue between the command line, the diffusers pipeline code (:mod:`scfm.pipeline_sampling`,
+Glue between the command line, the diffusers pipeline code (:mod:`scfm.pipelines.sampling`,
 :func:`scfm.models.adapters.load_pipeline`) and the metric driver
 (:func:`scfm.eval.t2i.evaluate_text_to_image`). Everything that can fail cheaply (prompt file,
 reference folder, CLIP and Inception weights, model folder, LoRA file) is checked before the
@@ -18,9 +18,18 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from scfm.commands._common import (
+    add_device_flag,
+    add_dtype_flag,
+    add_model_source_flags,
+    check_positive,
+    device_and_dtype,
+    new_command,
+    resolve_model_source,
+)
 
 _DESCRIPTION = """\
 Score a distilled LoRA against its teacher on a prompt file, at each --steps count:
@@ -31,40 +40,21 @@ OUT/t2i_metrics_vs_steps.png. Models, weights, prompts and the reference folder 
 before any image is generated.
 """
 
-DTYPES = ("auto", "fp32", "bf16", "fp16")
-WEIGHT_CHOICES = ("slow_ema", "fast_ema", "student")
 TEACHER_SAMPLERS = ("pipeline", "euler")
 
 
-def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
+def register(sub: Any) -> None:
     """Register ``scfm eval`` on the subparsers object ``sub`` of the main parser."""
     from scfm.eval.t2i import DEFAULT_CLIP
 
-    e = sub.add_parser(
+    e = new_command(
+        sub,
         "eval",
         help="text-to-image evaluation: CLIP score, dFID vs the teacher and FID vs real images, per student step count",
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    src = e.add_argument_group("model (either --run, or --model with --lora)")
-    src.add_argument(
-        "--run",
-        type=Path,
-        default=None,
-        help="output_dir of a finished diffusers scfm distill run (its teacher and LoRA are used)",
-    )
-    src.add_argument(
-        "--weights", choices=WEIGHT_CHOICES, default="slow_ema", help="with --run: which LoRA copy (default: slow_ema)"
-    )
-    src.add_argument("--model", default=None, help="diffusers pipeline folder or Hub id of the teacher (Flux / SD3)")
-    src.add_argument(
-        "--lora", type=Path, default=None, help="the distilled LoRA, diffusers format (.safetensors, from scfm export)"
-    )
-    src.add_argument(
-        "--local-files-only",
-        action="store_true",
-        help="never download (pipeline and CLIP); HF_HUB_OFFLINE=1 does the same",
-    )
+    add_model_source_flags(e, lora_help="the distilled LoRA, diffusers format (.safetensors, from scfm export)")
     e.add_argument(
         "--prompts", type=Path, required=True, help=".txt (one prompt per line) or .jsonl ({'prompt': ...} per line)"
     )
@@ -148,12 +138,8 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
         default=4,
         help="prompts shown in each teacher-vs-student grid (default: 4; 0: no grids)",
     )
-    e.add_argument(
-        "--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ... (default: auto)"
-    )
-    e.add_argument(
-        "--dtype", choices=DTYPES, default="auto", help="pipeline dtype (default: auto = bf16 on CUDA, fp32 on CPU)"
-    )
+    add_device_flag(e)
+    add_dtype_flag(e)
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.add_argument(
         "--out",
@@ -161,74 +147,7 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
         required=True,
         help="output folder: t2i_metrics.json, t2i_grid_steps{n}.png, t2i_metrics_vs_steps.png",
     )
-    e.set_defaults(func=run_eval)
-    return e
-
-
-def _device(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r}: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
-def _dtype(name: str, device: Any) -> Any:
-    import torch
-
-    from scfm.export_cli import DTYPES as TORCH_DTYPES
-
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return TORCH_DTYPES[name]
-
-
-@dataclass
-class ModelSource:
-    """Where the teacher pipeline and the student LoRA come from (``--run`` or ``--model`` + ``--lora``)."""
-
-    model: str
-    """Pipeline folder or Hub id."""
-    lora: Path | None
-    """Diffusers-format LoRA file; None for a run until :meth:`lora_file` exports it."""
-    run: Path | None = None
-    weights: str = "slow_ema"
-    local_files_only: bool = False
-
-    def lora_file(self, tmp: Path) -> Path:
-        """The LoRA file to load; a run's LoRA copy is exported into ``tmp`` first (loads the run's transformer)."""
-        if self.lora is not None:
-            return self.lora
-        from scfm.export_cli import DIFFUSERS_WEIGHT_NAME, export_run
-
-        assert self.run is not None
-        return export_run(self.run, "diffusers", tmp / DIFFUSERS_WEIGHT_NAME, weights=self.weights)
-
-
-def resolve_model_source(args: argparse.Namespace) -> ModelSource:
-    """Check ``--run`` or ``--model`` + ``--lora`` and say where teacher and LoRA come from; reads configs only."""
-    if args.run is not None:
-        if args.model is not None or args.lora is not None:
-            raise ValueError(
-                "pass either --run RUN_DIR or --model PATH --lora FILE, not both (--run uses the run's own LoRA; choose it with --weights)"
-            )
-        from scfm.export_cli import read_run_config
-
-        config = read_run_config(args.run)
-        model = config.teacher.removeprefix("diffusers:").strip()
-        return ModelSource(model, None, args.run, args.weights, config.local_files_only or args.local_files_only)
-    if args.model is None or args.lora is None:
-        raise ValueError(
-            "scfm eval needs --run RUN_DIR, or --model (pipeline folder / Hub id) with --lora (diffusers LoRA .safetensors)"
-        )
-    if not args.lora.is_file():
-        raise FileNotFoundError(
-            f"--lora {str(args.lora)!r} does not exist; write one with scfm export --format diffusers"
-        )
-    return ModelSource(str(args.model), args.lora, local_files_only=args.local_files_only)
+    e.set_defaults(handler=run)
 
 
 def make_generators(pipe: Any, args: argparse.Namespace) -> tuple[Any, Any, int, int]:
@@ -239,11 +158,12 @@ def make_generators(pipe: Any, args: argparse.Namespace) -> tuple[Any, Any, int,
     """
     import torch
 
-    from scfm.pipeline_sampling import DEFAULT_GUIDANCE, adapter_name_of, pipeline_guidance_kwargs, sample_pipeline
+    from scfm.models.adapters import adapter_for_pipeline
+    from scfm.pipelines.sampling import lora_scale_kwargs, pipeline_guidance_kwargs, sample_pipeline
 
-    name = adapter_name_of(pipe)
-    guidance = DEFAULT_GUIDANCE.get(name, 3.5) if args.guidance is None else args.guidance
-    teacher_guidance = DEFAULT_GUIDANCE.get(name, 3.5) if args.teacher_guidance is None else args.teacher_guidance
+    adapter_cls = adapter_for_pipeline(pipe)
+    guidance = adapter_cls.default_guidance if args.guidance is None else args.guidance
+    teacher_guidance = adapter_cls.default_guidance if args.teacher_guidance is None else args.teacher_guidance
     teacher_shift = args.shift if args.teacher_shift is None else args.teacher_shift
 
     def noise(seed: int, n: int) -> list[torch.Generator]:
@@ -282,20 +202,17 @@ def make_generators(pipe: Any, args: argparse.Namespace) -> tuple[Any, Any, int,
             width=args.width,
             num_inference_steps=steps,
             generator=noise(seed, len(prompts)),
-            joint_attention_kwargs={"scale": 0.0},
+            **lora_scale_kwargs(pipe, 0.0),
             output_type="pt",
             return_dict=False,
-            **pipeline_guidance_kwargs(name, teacher_guidance),
+            **pipeline_guidance_kwargs(adapter_cls, teacher_guidance),
         )[0]
         return out.float().cpu()
 
-    def nfe(g: float) -> int:  # SD3 with CFG runs a doubled batch per step
-        return 2 if name == "sd3" and g > 0 else 1
-
-    return teacher, student, nfe(teacher_guidance), nfe(guidance)
+    return teacher, student, adapter_cls.passes_per_step(teacher_guidance), adapter_cls.passes_per_step(guidance)
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """The ``scfm eval`` command; returns the exit code."""
     from scfm.eval import t2i
 
@@ -306,15 +223,12 @@ def run_eval(args: argparse.Namespace) -> int:
         if not fid_on:
             raise ValueError("--reference needs FID features, but --fid-features is 'none'")
         t2i.list_reference_images(args.reference)
-    source = resolve_model_source(args)
-    for name in ("height", "width"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name} {value} must be a positive number of pixels")
-    device = _device(args.device)
+    source = resolve_model_source(args, lora_required=True)
+    check_positive(height=args.height, width=args.width)
+    device, dtype = device_and_dtype(args.device, args.dtype)
 
     from scfm.models.adapters import adapter_class_for, load_pipeline
-    from scfm.pipeline_sampling import load_lora
+    from scfm.pipelines.lora import load_lora
 
     adapter_class_for(source.model, source.local_files_only)  # the pipeline's configs, before any weights are read
     clip, features = t2i.load_scorers(
@@ -326,9 +240,7 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="scfm-eval-") as tmp:
         lora = source.lora_file(Path(tmp))
-        pipe, _ = load_pipeline(
-            source.model, torch_dtype=_dtype(args.dtype, device), local_files_only=source.local_files_only
-        )
+        pipe, _ = load_pipeline(source.model, torch_dtype=dtype, local_files_only=source.local_files_only)
         pipe.to(device)
         load_lora(pipe, lora)
     pipe.set_progress_bar_config(disable=True)  # the driver shows one bar per set instead of one per call
@@ -344,7 +256,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "teacher_shift": args.teacher_shift if args.teacher_sampler == "euler" else None,
         "guidance": args.guidance,
         "teacher_guidance": args.teacher_guidance,
-        "dtype": str(_dtype(args.dtype, device)).removeprefix("torch."),
+        "dtype": str(dtype).removeprefix("torch."),
         "device": str(device),
     }
     result = t2i.evaluate_text_to_image(

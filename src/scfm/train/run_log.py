@@ -49,17 +49,6 @@ class RunLogger:
         if self._wandb is not None:
             self._wandb.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=step)
 
-    def log_image(self, tag: str, path: Path, step: int) -> None:
-        if self._tb is not None:
-            import numpy as np
-            from matplotlib.image import imread
-
-            self._tb.add_image(tag, np.asarray(imread(path))[..., :3], step, dataformats="HWC")
-        if self._wandb is not None:
-            import wandb
-
-            self._wandb.log({tag: wandb.Image(str(path))}, step=step)
-
     def close(self) -> None:
         self._jsonl.close()
         if self._tb is not None:

@@ -1,12 +1,13 @@
-"""Tiny random Flux and SD3 diffusers PIPELINES, built and saved locally (no model hub).
+"""Small diffusers pipelines and transformers built from explicit configs with random weights and tokenizers
+written from local files: for tests, benchmarks and the miniature pipelines; no download.
 
-Shared by the pipeline end-to-end tests, the Wan/eval tests and ``bench/cache_memory.py``::
+Pipelines are saved to a folder and load offline::
 
-    from tiny_pipelines import build_tiny_flux_pipeline, build_tiny_sd3_pipeline
-    flux_dir = build_tiny_flux_pipeline(tmp_path)      # tmp_path / "tiny-flux", loadable offline
+    from scfm.models.tiny import build_tiny_flux_pipeline
+    flux_dir = build_tiny_flux_pipeline(tmp_path)      # tmp_path / "tiny-flux"
     pipe = FluxPipeline.from_pretrained(flux_dir, local_files_only=True)
 
-Every component is real diffusers / transformers code at toy size: a Flux or SD3
+Every component is real diffusers / transformers code at toy size: a Flux, SD3 or Wan
 transformer (1-2 blocks), an ``AutoencoderKL`` with 2 blocks (vae scale factor 2, 4 latent
 channels), CLIP text encoders with a byte-level BPE tokenizer written to disk
 (:func:`write_tiny_clip_tokenizer`), a T5 encoder with a Unigram tokenizer from a list of
@@ -16,23 +17,38 @@ packing; SD3: vae scale 2 x patch 2); e.g. 32x32 gives 16x16 latents.
 
 ``t5_width`` / ``t5_layers`` scale the T5 encoder (bench/cache_memory.py makes it a few
 hundred MB); the defaults keep a build-and-save under a second.
+
+:func:`build_tiny_flux_adapter` and :func:`tiny_flux_batches` are a bigger Flux transformer
+(2 double + 2 single blocks, width 128) wrapped in its adapter, and random training batches
+for it, with no pipeline around it: what the cost benchmarks time.
+
+diffusers and transformers are imported inside the builders, so importing this module needs
+neither.
 """
 
 from __future__ import annotations
 
 import json
 import string
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from scfm.models.flux import FluxAdapter
 
 LATENT_CHANNELS = 4
 """Latent channels C of the tiny VAEs (Flux.1 / SD3 use 16)."""
 VAE_SCALE = 2
 """Pixel-to-latent downsampling of the tiny VAEs (real models: 8)."""
 CLIP_WIDTH = 32
+"""Hidden and projection width of the tiny CLIP text encoders (pooled embeddings: [B, 32] each)."""
 CLIP_MAX_LENGTH = 77
+"""Token length of the tiny CLIP tokenizer, as the real one."""
 T5_WIDTH = 32
+"""Default d_model of the tiny T5 / UMT5 text encoders (text embeddings [B, L, 32])."""
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -73,6 +89,7 @@ def write_tiny_clip_tokenizer(directory: str | Path) -> Path:
 
 
 def clip_vocab_size() -> int:
+    """Vocabulary size of :func:`write_tiny_clip_tokenizer`'s tokenizer: 2 specials + 512 byte symbols."""
     return 2 + 2 * 256
 
 
@@ -228,7 +245,8 @@ def build_tiny_sd3_pipeline(
 
     if t5_width < 2 * CLIP_WIDTH:
         raise ValueError(
-            f"t5_width={t5_width} must be >= {2 * CLIP_WIDTH} (SD3 pads the concatenated CLIP embeddings to the T5 width)"
+            f"t5_width={t5_width} must be >= {2 * CLIP_WIDTH} "
+            "(SD3 pads the concatenated CLIP embeddings to the T5 width)"
         )
     root = Path(root)
     out = root / "tiny-sd3"
@@ -336,3 +354,61 @@ def build_tiny_wan_pipeline(root: str | Path, t5_width: int = T5_WIDTH, seed: in
     )
     pipe.save_pretrained(out)
     return out
+
+
+FLUX_ADAPTER_LATENT_CHANNELS = 16
+"""Latent channels C of :func:`build_tiny_flux_adapter`'s inputs (packed 2x2 into 64 transformer channels)."""
+FLUX_ADAPTER_LATENT_SIZE = 32
+"""Latent side H = W of :func:`tiny_flux_batches` (256 image tokens after packing)."""
+FLUX_ADAPTER_TEXT_LEN = 32
+"""Text tokens L of :func:`tiny_flux_batches`."""
+FLUX_ADAPTER_TEXT_DIM = 64
+"""Text embedding width (``joint_attention_dim``) of :func:`build_tiny_flux_adapter`."""
+FLUX_ADAPTER_POOLED_DIM = 32
+"""Pooled text embedding width (``pooled_projection_dim``) of :func:`build_tiny_flux_adapter`."""
+
+
+def build_tiny_flux_adapter(device: torch.device | str = "cpu", seed: int = 0) -> FluxAdapter:
+    """A random guidance-distilled ``FluxTransformer2DModel`` in a :class:`~scfm.models.flux.FluxAdapter`, in eval mode.
+
+    2 double + 2 single blocks, 4 heads of 32 (width 128), in_channels 64
+    (:data:`FLUX_ADAPTER_LATENT_CHANNELS` packed 2x2), joint_attention_dim
+    :data:`FLUX_ADAPTER_TEXT_DIM`, pooled_projection_dim :data:`FLUX_ADAPTER_POOLED_DIM`. Weights
+    come from ``torch.manual_seed(seed)``; the adapter is moved to ``device``.
+    """
+    from diffusers import FluxTransformer2DModel
+
+    from scfm.models.flux import FluxAdapter
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4 * FLUX_ADAPTER_LATENT_CHANNELS,
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=32,
+        num_attention_heads=4,
+        joint_attention_dim=FLUX_ADAPTER_TEXT_DIM,
+        pooled_projection_dim=FLUX_ADAPTER_POOLED_DIM,
+        guidance_embeds=True,
+        axes_dims_rope=(8, 12, 12),
+    )
+    return FluxAdapter(transformer).to(device).eval()
+
+
+def tiny_flux_batches(batch: int, seed: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless random training batches B = ``batch`` for :func:`build_tiny_flux_adapter`, on the CPU.
+
+    Each is ``{"x0": [B, 16, 32, 32], "prompt_embeds": [B, 32, 64], "pooled_prompt_embeds": [B, 32],
+    "guidance": [B]}``: standard normal latents and embeddings, per-sample guidance in U[0, 7.5],
+    drawn from one ``torch.Generator`` seeded with ``seed``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    c, side = FLUX_ADAPTER_LATENT_CHANNELS, FLUX_ADAPTER_LATENT_SIZE
+    while True:
+        yield {
+            "x0": torch.randn(batch, c, side, side, generator=gen),
+            "prompt_embeds": torch.randn(batch, FLUX_ADAPTER_TEXT_LEN, FLUX_ADAPTER_TEXT_DIM, generator=gen),
+            "pooled_prompt_embeds": torch.randn(batch, FLUX_ADAPTER_POOLED_DIM, generator=gen),
+            "guidance": 7.5 * torch.rand(batch, generator=gen),
+        }

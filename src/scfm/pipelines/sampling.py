@@ -20,41 +20,23 @@ Guidance, in scfm's convention for the family (the same numbers as the distillat
 
 The LoRA scale goes through ``joint_attention_kwargs={"scale": ...}`` (diffusers scales every
 peft LoRA layer of the transformer for the call). Written for the image pipelines (Flux, SD3);
-families with true CFG (adapters taking ``cfg_mode``) get ``w + 1``, others the value as is.
+families with true CFG (``adapter.true_cfg``) get ``w + 1``, others the value as is.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import io
-import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from scfm.fileio import atomic_write_bytes
+from scfm.models.adapters import VelocityAdapter, adapter_for_pipeline, is_flow_matching_scheduler
 from scfm.objective.grids import time_grid
 
-DEFAULT_GUIDANCE = {"flux": 3.5, "sd3": 3.5, "wan": 3.5}
-"""Sampling guidance per adapter in scfm's convention (Flux: embedded value; SD3: CFG w)."""
-LORA_ADAPTER_NAME = "scfm"
 OUTPUTS = ("images", "latents")
-
-
-def adapter_name_of(pipe: Any) -> str:
-    """The scfm adapter name ('flux', 'sd3', ...) for ``pipe.transformer``'s class."""
-    from scfm.models.adapters import get_all_adapters
-
-    name = type(pipe.transformer).__name__
-    for adapter_name, cls in get_all_adapters().items():
-        if cls.transformer_class_name == name:
-            return adapter_name
-    raise ValueError(f"no scfm adapter wraps a {name}; pipeline sampling supports {sorted(get_all_adapters())}")
 
 
 @contextmanager
@@ -67,8 +49,6 @@ def identity_sigma_scheduler(pipe: Any, sigmas: list[float] | None = None) -> It
     replaced by a plain Euler one for the block.
     """
     from diffusers import FlowMatchEulerDiscreteScheduler
-
-    from scfm.models.adapters import is_flow_matching_scheduler
 
     saved = pipe.scheduler
     if not is_flow_matching_scheduler(saved.config):
@@ -98,19 +78,12 @@ def identity_sigma_scheduler(pipe: Any, sigmas: list[float] | None = None) -> It
         pipe.scheduler = saved
 
 
-def true_cfg(adapter_name: str) -> bool:
-    """Whether the family uses true CFG (its adapter takes ``cfg_mode``: SD3, Wan) rather than embedded guidance."""
-    from scfm.models.adapters import get_adapter
-
-    return "cfg_mode" in inspect.signature(get_adapter(adapter_name).__init__).parameters
-
-
-def pipeline_guidance_kwargs(adapter_name: str, guidance: float | None) -> dict[str, float]:
-    """``guidance_scale`` for the pipeline call from scfm's guidance convention (see module docstring)."""
-    g = DEFAULT_GUIDANCE.get(adapter_name, 3.5) if guidance is None else float(guidance)
+def pipeline_guidance_kwargs(adapter_cls: type[VelocityAdapter], guidance: float | None) -> dict[str, float]:
+    """``guidance_scale`` for the pipeline call from scfm's guidance convention (see the module docstring)."""
+    g = adapter_cls.default_guidance if guidance is None else float(guidance)
     if g < 0:
         raise ValueError(f"guidance={g} must be >= 0")
-    return {"guidance_scale": g + 1.0 if true_cfg(adapter_name) else g}
+    return {"guidance_scale": adapter_cls.pipeline_guidance_scale(g)}
 
 
 def lora_scale_kwargs(pipe: Any, scale: float) -> dict[str, dict[str, float]]:
@@ -164,7 +137,7 @@ def sample_pipeline(
         raise ValueError(f"output={output!r} must be one of {OUTPUTS}")
     if isinstance(prompts, str) or not prompts:
         raise ValueError("prompts must be a non-empty list of strings")
-    name = adapter_name_of(pipe)
+    adapter_cls = adapter_for_pipeline(pipe)
     params = inspect.signature(type(pipe).__call__).parameters
     sigmas = time_grid(steps, shift, dtype=torch.float64)[:-1].tolist()  # the scheduler appends t = 0
     kwargs: dict[str, Any] = dict(
@@ -176,83 +149,14 @@ def sample_pipeline(
         output_type="latent" if output == "latents" else "pt",
         return_dict=False,
         **lora_scale_kwargs(pipe, lora_scale),
-        **pipeline_guidance_kwargs(name, guidance),
+        **pipeline_guidance_kwargs(adapter_cls, guidance),
     )
     if "num_frames" in params:
-        from scfm.models.adapters import get_adapter
-
-        kwargs["num_frames"] = int(num_frames or get_adapter(name).num_frames)
+        kwargs["num_frames"] = int(num_frames or adapter_cls.num_frames)
     if "sigmas" in params:
         kwargs["sigmas"] = sigmas
     with identity_sigma_scheduler(pipe, sigmas=None if "sigmas" in params else sigmas):
         out = pipe(**kwargs)[0]
     if output == "images":
         return out.float().cpu()
-    if name == "flux":
-        h = height or pipe.default_sample_size * pipe.vae_scale_factor
-        w = width or pipe.default_sample_size * pipe.vae_scale_factor
-        out = pipe._unpack_latents(out, h, w, pipe.vae_scale_factor)
-    return out.float()
-
-
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-def load_lora(pipe: Any, path: str | os.PathLike, adapter_name: str = LORA_ADAPTER_NAME) -> list[str]:
-    """``pipe.load_lora_weights(path)`` of a diffusers-format LoRA (``scfm export --format diffusers``).
-
-    Raises ``ValueError`` when diffusers reports unexpected or missing LoRA keys (it only logs
-    them) or when the transformer modules that received the adapter differ from the modules the
-    file names. Returns the adapted module paths.
-    """
-    from diffusers.utils import logging as diffusers_logging
-    from peft.tuners.lora import LoraLayer
-
-    from scfm.fileio import load_safetensors
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"LoRA file {str(path)!r} does not exist; write one with scfm export --format diffusers"
-        )
-    in_file = {k.removeprefix("transformer.").rsplit(".lora_", 1)[0] for k in load_safetensors(path) if ".lora_" in k}
-    logger = diffusers_logging.get_logger("diffusers")
-    handler = _Collect()
-    logger.addHandler(handler)
-    try:
-        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name)
-    finally:
-        logger.removeHandler(handler)
-    bad = [m for m in handler.messages if "unexpected keys" in m.lower() or "missing keys" in m.lower()]
-    if bad:
-        raise ValueError(f"{str(path)!r} does not fit this pipeline's transformer: {bad[0][:500]}")
-    loaded = {n for n, m in pipe.transformer.named_modules() if isinstance(m, LoraLayer) and adapter_name in m.lora_A}
-    if loaded != in_file:
-        raise ValueError(
-            f"{str(path)!r}: the LoRA names {len(in_file)} transformer modules but {len(loaded)} received it "
-            f"(not loaded: {sorted(in_file - loaded)[:3]}, unexpected: {sorted(loaded - in_file)[:3]}); is it a diffusers-format LoRA of this model?"
-        )
-    return sorted(loaded)
-
-
-def save_png(image: torch.Tensor, path: str | os.PathLike) -> Path:
-    """Write one image [3, H, W] float in [0, 1] as an 8-bit PNG, atomically."""
-    from PIL import Image
-
-    if image.dim() != 3 or image.shape[0] != 3:
-        raise ValueError(f"save_png expects one image [3, H, W], got shape {tuple(image.shape)}")
-    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return atomic_write_bytes(path, buffer.getvalue())
-
-
-def save_image_row(images: torch.Tensor, path: str | os.PathLike) -> Path:
-    """Write images [B, 3, H, W] in [0, 1] side by side as one PNG."""
-    return save_png(torch.cat(list(images), dim=-1), path)
+    return adapter_cls.pipeline_latents(pipe, out, height, width).float()

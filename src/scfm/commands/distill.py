@@ -1,0 +1,83 @@
+"""``scfm distill CONFIG.yaml``: distill the teacher a config names, from the data it names."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scfm.commands._common import new_command
+from scfm.train.config import DistillConfig
+
+
+def register(sub: Any) -> None:
+    p = new_command(
+        sub,
+        "distill",
+        help="distill a teacher (built-in, or diffusers:<model> from a teacher cache) by a YAML config (configs/)",
+    )
+    p.add_argument("config", type=Path, nargs="?", help="YAML file of DistillConfig fields")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)"
+    )
+    p.add_argument(
+        "--resume", default=None, help="'latest' (newest good checkpoint in output_dir) or a checkpoint folder"
+    )
+    p.set_defaults(handler=run)
+
+
+def _process_device() -> torch.device:
+    """Join the process group that `accelerate launch` / torchrun set up; returns this rank's device."""
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
+def run(args: argparse.Namespace) -> int:
+    from scfm.train.engine import world
+    from scfm.train.loop import distill
+    from scfm.train.sources import build_data, build_teacher, is_diffusers_teacher
+    from scfm.train.yaml_config import load_config
+
+    config = load_config(args.config, args.set)  # every field validated before any work
+    device = torch.device(config.device) if config.device != "auto" else _process_device()
+    config.device = str(device)
+    data = build_data(config)  # a cache is checked before any weight loads
+    teacher = build_teacher(config, device)
+    on_validate = None if is_diffusers_teacher(config) else validation_fn(config)
+    rank, size = world()
+    if rank == 0:
+        print(f"scfm distill: {size} process(es), device {device}, global batch {config.batch_size}")
+    distill(teacher, data, config, resume=args.resume, on_validate=on_validate)
+    if config.output_dir and rank == 0:
+        print(f"wrote the LoRA, both EMAs and checkpoints to {config.output_dir}")
+    return 0
+
+
+def validation_fn(config: DistillConfig) -> Callable[[Any], None] | None:
+    """A callback writing a PNG of student samples at 1, 2, 4 steps (built-in digits or 2-D runs)."""
+    if not config.output_dir:
+        return None
+    from scfm.eval.plots import save_comparison_grid, save_scatter_2d
+    from scfm.sampling import sample
+
+    out = Path(config.output_dir) / "validation"
+    gen = torch.Generator().manual_seed(1234)
+    digits = config.data == "digits"
+    noise = torch.randn(20, 1, 8, 8, generator=gen) if digits else torch.randn(2000, 2, generator=gen)
+    labels = torch.arange(10).repeat(2)
+
+    def validate(engine: Any) -> None:
+        device = engine.device
+        cond = {"label": labels.to(device)} if digits else {}
+        shots = [
+            (f"student euler {n}", sample(engine.model, noise.to(device), steps=n, **cond).cpu()) for n in (1, 2, 4)
+        ]
+        engine.model.train()
+        path = out / f"step_{engine.step:08d}.png"
+        (save_comparison_grid if digits else save_scatter_2d)(shots, path)
+
+    return validate

@@ -1,0 +1,1 @@
+"""diffusers pipeline plumbing: sampling a pipeline on scfm's grid, loading LoRA files into it."""
