@@ -2,7 +2,8 @@
 
     python bench/quality.py baselines   # teacher solvers, SCFM and the LCM baseline vs steps
     python bench/quality.py ablations   # SCFM ablations, 3 seeds each, mean and 95% interval (all groups)
-    python bench/quality.py ablation-t_skip   # one group: ablation-teacher_ratio / -EMA-fast-0.9 / -EMA-fast-0.99 / -t_skip / -EMA-restarts
+    python bench/quality.py ablation-t_skip   # one group: ablation-teacher_ratio / -EMA-fast-0.9 / -EMA-fast-0.99 /
+                                              # -t_skip / -EMA-restarts
     python bench/quality.py curves      # FD at 2 / 4 steps, self loss, residual vs training step
     python bench/quality.py fewshot     # 10 training digits, 5 subsets, against full data
     python bench/quality.py toy2d       # the 2-D teacher: solvers, SCFM and LCM by sliced Wasserstein
@@ -97,12 +98,15 @@ def baselines(jobs: int) -> tuple[str, list[dict]]:
     )
     _plot_baselines(rows, teacher32)
     text = (
-        f"Teacher Euler at 32 steps: FD {teacher32:.2f}. Students: mean ± 95% t-interval over training seeds {list(SEEDS)}; "
-        f"teacher rows are deterministic. Equal training compute: both students train {scfm_runs[0]['spec']['overrides'] or 'the preset'} "
-        "with the same steps, batch, LoRA and EMA; per row each spends one student forward+backward and two no-grad forwards "
-        f"(SCFM: teacher/EMA sub-steps; LCM: teacher Euler step + target-network EMA). Training took {min(seconds):.0f}-{max(seconds):.0f} s per run "
-        "(one thread, two runs side by side). Calibrated rows: Euler at the LoRA scale per step count chosen after training on "
-        "calibration noise (seed 4321) by FD to the training digits, as `scfm demo` does; scales chosen at 1 / 2 / 3 / 4 / 8 steps, "
+        f"Teacher Euler at 32 steps: FD {teacher32:.2f}. Students: mean ± 95% t-interval over training seeds "
+        f"{list(SEEDS)}; teacher rows are deterministic. Equal training compute: both students train "
+        f"{scfm_runs[0]['spec']['overrides'] or 'the preset'} "
+        "with the same steps, batch, LoRA and EMA; per row each spends one student forward+backward and two "
+        "no-grad forwards (SCFM: teacher/EMA sub-steps; LCM: teacher Euler step + target-network EMA). "
+        f"Training took {min(seconds):.0f}-{max(seconds):.0f} s per run "
+        "(one thread, two runs side by side). Calibrated rows: Euler at the LoRA scale per step count chosen after "
+        "training on calibration noise (seed 4321) by FD to the training digits, as `scfm demo` does; scales chosen "
+        "at 1 / 2 / 3 / 4 / 8 steps, "
         "per seed: "
         + "; ".join(f"{k} {v}" for k, v in chosen.items())
         + ".\n\n"
@@ -237,7 +241,8 @@ def curves(jobs: int) -> tuple[str, list[dict]]:
                 continue
             h = hist.get(point["step"], {})
             lines.append(
-                f"| {label} | {point['step']} | {point['fd2']:.2f} | {point['fd4']:.2f} | {h.get('loss_self', float('nan')):.4f} | "
+                f"| {label} | {point['step']} | {point['fd2']:.2f} | {point['fd4']:.2f} | "
+                f"{h.get('loss_self', float('nan')):.4f} | "
                 f"{h.get('loss_teacher', float('nan')):.4f} | {h.get('consistency_residual', float('nan')):.4f} |"
             )
     text = (
@@ -361,7 +366,8 @@ def toy2d(jobs: int) -> tuple[str, list[dict]]:
         for lab, vals in rows
     ]
     text = (
-        f"Shipped 8-gaussians MLP teacher, `toy2d_config` preset ({toy2d_config().max_steps} steps); sliced Wasserstein "
+        f"Shipped 8-gaussians MLP teacher, `toy2d_config` preset ({toy2d_config().max_steps} steps); "
+        "sliced Wasserstein "
         f"distance of 4000 samples against 4000 fresh data points (teacher-32 row: the same value in every column; "
         f"data against data is about 0.07). Students: mean ± 95% interval over seeds {list(SEEDS)}; "
         f"{min(seconds):.0f}-{max(seconds):.0f} s of training each.\n\n" + "\n".join(lines)
@@ -405,7 +411,8 @@ def main() -> None:
         minutes = regenerate_minutes(runs, args.jobs)
         reuse = " (runs already in bench/results/runs.jsonl are reused)" if all("spec" in r for r in runs) else ""
         text += (
-            f"\n\nRegenerate: `python bench/quality.py {name} --jobs {args.jobs}`: {len({r['key'] for r in runs})} runs, "
+            f"\n\nRegenerate: `python bench/quality.py {name} --jobs {args.jobs}`: "
+            f"{len({r['key'] for r in runs})} runs, "
             f"about {minutes:.0f} min from scratch on {machine()}{reuse}."
         )
         print(text, flush=True)

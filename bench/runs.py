@@ -80,8 +80,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     import scfm
-    from scfm.data.batches import DigitsBatches
     from scfm.commands.demo import calibrate_demo_scales
+    from scfm.data.batches import DigitsBatches
     from scfm.eval.harness import DigitsEvalSet, score_row, score_rows
     from scfm.eval.metrics import DigitsEvaluator
     from scfm.models.builtin import load_shipped_teacher

@@ -12,7 +12,7 @@ def test_readme_python_examples_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "__readme__"}
     exec(compile(blocks[0], "README.md", "exec"), namespace)
-    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("2-step distance")][0]
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("2-step distance")][0]
     teacher, student = map(float, re.findall(r"(\d+\.\d+)", line))
     assert student < 0.5 * teacher
     assert (tmp_path / "my_student" / "lora.safetensors").is_file()

@@ -95,7 +95,9 @@ def resolve_model_source(args: argparse.Namespace, lora_required: bool) -> Model
         need = "--model (pipeline folder / Hub id) with --lora (diffusers LoRA .safetensors)"
         raise ValueError(f"give exactly one of --run RUN_DIR or {need}" + ("" if lora_required else " or none"))
     if args.lora is not None and not Path(args.lora).is_file():
-        raise FileNotFoundError(f"--lora {str(args.lora)!r} does not exist; write one with scfm export --format diffusers")
+        raise FileNotFoundError(
+            f"--lora {str(args.lora)!r} does not exist; write one with scfm export --format diffusers"
+        )
     return ModelSource(str(args.model), args.lora, local_files_only=args.local_files_only)
 
 

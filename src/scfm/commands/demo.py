@@ -90,14 +90,16 @@ def _write_report(out: Path, rows: list[dict], info: dict, calibration: ScaleCal
         "# scfm demo report",
         "",
         f"Machine: {info['machine']}. Training {info['train_seconds']:.0f} s "
-        f"({info['config']['max_steps']} steps, batch {info['config']['batch_size']}), total {info['total_seconds']:.0f} s.",
+        f"({info['config']['max_steps']} steps, batch {info['config']['batch_size']}), "
+        f"total {info['total_seconds']:.0f} s.",
         f"FD floor (360 held-out real digits vs train): {info['fd_floor']:.3f}.",
         "",
         "| model | solver | steps | NFE | FD | class acc | LoRA scale |",
         "|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['model']} | {r['solver']} | {r['steps']} | {r['nfe']} | {r['fd']:.3f} | {r['class_acc']:.3f} | {r.get('lora_scale', '')} |"
+        f"| {r['model']} | {r['solver']} | {r['steps']} | {r['nfe']} | {r['fd']:.3f} | {r['class_acc']:.3f} | "
+        f"{r.get('lora_scale', '')} |"
         for r in rows
     ]
     lines += [""] + _scale_lines(calibration)
@@ -149,7 +151,10 @@ def run_demo(
     plot_quality_vs_steps(rows, out / "fd_vs_steps.png", floor=floor)
     plot_training(result.history, out / "training.png")
     info = {
-        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads, torch {torch.__version__}".strip(),
+        "machine": (
+            f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}"
+        ).strip(),
         "fd_floor": floor,
         "train_seconds": train_seconds,
         "total_seconds": time.perf_counter() - start,
@@ -192,7 +197,8 @@ def run(args: argparse.Namespace) -> int:
         fd, acc = f"{r['fd']:8.3f}", f"{r['class_acc']:6.3f}"
         print(f"{r['model']:14} {r['solver']:8} {r['steps']:5d} {r['nfe']:4d} {fd} {acc} {scale}")
     print(
-        f"FD floor {metrics['fd_floor']:.3f}; training {metrics['train_seconds']:.0f} s; total {metrics['total_seconds']:.0f} s"
+        f"FD floor {metrics['fd_floor']:.3f}; training {metrics['train_seconds']:.0f} s; "
+        f"total {metrics['total_seconds']:.0f} s"
     )
     print(f"wrote {args.out}/metrics.json, report.md, PNGs and lora/")
     return 0

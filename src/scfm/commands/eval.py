@@ -70,7 +70,8 @@ def register(sub: Any) -> None:
         "--teacher-sampler",
         choices=TEACHER_SAMPLERS,
         default="pipeline",
-        help="teacher sampling: the pipeline's own scheduler, or Euler on scfm's grid with --teacher-shift (default: pipeline)",
+        help="teacher sampling: the pipeline's own scheduler, or Euler on scfm's grid with --teacher-shift "
+        "(default: pipeline)",
     )
     e.add_argument(
         "--teacher-shift",
@@ -99,7 +100,8 @@ def register(sub: Any) -> None:
         "--guidance",
         type=float,
         default=None,
-        help="student guidance in scfm's convention (Flux: embedded value; SD3: CFG w, 0 for a baked-CFG student; default 3.5)",
+        help="student guidance in scfm's convention (Flux: embedded value; SD3: CFG w, 0 for a baked-CFG student; "
+        "default 3.5)",
     )
     e.add_argument(
         "--teacher-guidance", type=float, default=None, help="teacher guidance, same convention (default 3.5)"
@@ -113,19 +115,22 @@ def register(sub: Any) -> None:
     e.add_argument(
         "--clip",
         default=DEFAULT_CLIP,
-        help=f"CLIP for CLIP scores: a local save_pretrained folder (model + processor) or a hub id; 'none' skips (default: {DEFAULT_CLIP})",
+        help="CLIP for CLIP scores: a local save_pretrained folder (model + processor) or a hub id; 'none' skips "
+        f"(default: {DEFAULT_CLIP})",
     )
     e.add_argument(
         "--fid-features",
         default="inception",
         help="FID features: 'inception' (needs torch-fidelity), 'clip' (FD-CLIP, the --clip model), "
-        "'module:function' or 'file.py:function' returning an nn.Module [B,3,H,W] in [0,1] -> [B,D], or 'none' (default: inception)",
+        "'module:function' or 'file.py:function' returning an nn.Module [B,3,H,W] in [0,1] -> [B,D], or 'none' "
+        "(default: inception)",
     )
     e.add_argument(
         "--inception-weights",
         type=Path,
         default=None,
-        help="pt_inception-2015-12-05-6726825d.pth (or a .safetensors copy) for --fid-features inception (default: torch-fidelity downloads it)",
+        help="pt_inception-2015-12-05-6726825d.pth (or a .safetensors copy) for --fid-features inception "
+        "(default: torch-fidelity downloads it)",
     )
     e.add_argument(
         "--reference", type=Path, default=None, help="folder of real .png/.jpg images for FID (default: no FID column)"
@@ -281,7 +286,8 @@ def run(args: argparse.Namespace) -> int:
     )
     print(format_rows(result["rows"]))
     print(
-        f"wrote {args.out}/t2i_metrics.json, t2i_grid_steps{{n}}.png, t2i_metrics_vs_steps.png ({result['seconds']:.0f} s)"
+        f"wrote {args.out}/t2i_metrics.json, t2i_grid_steps{{n}}.png, t2i_metrics_vs_steps.png "
+        f"({result['seconds']:.0f} s)"
     )
     return 0
 
@@ -295,6 +301,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'model':8} {'steps':>5} {'nfe':>4} {'CLIP':>8} {'dFID':>8} {'FID':>8} {'n':>6}"]
     for r in rows:
         lines.append(
-            f"{r['model']:8} {r['steps']:5d} {r['nfe']:4d} {f(r['clip'], 8)} {f(r['dfid'], 8)} {f(r['fid'], 8)} {r['n']:6d}"
+            f"{r['model']:8} {r['steps']:5d} {r['nfe']:4d} {f(r['clip'], 8)} {f(r['dfid'], 8)} {f(r['fid'], 8)} "
+            f"{r['n']:6d}"
         )
     return "\n".join(lines)

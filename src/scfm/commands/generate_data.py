@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -57,25 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from scfm.data.cache_inputs import parse_buckets
     from scfm.data.cache_writer import GenerateConfig, generate_cache
 
-    config = GenerateConfig(
-        model=args.model,
-        out=args.out,
-        prompts=args.prompts,
-        images=args.images,
-        steps=args.steps,
-        guidance=args.guidance,
-        buckets=parse_buckets(args.buckets),
-        per_prompt=args.per_prompt,
-        shard_size=args.shard_size,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        previews=args.previews,
-        dtype=args.dtype,
-        device=args.device,
-        cpu_offload=args.cpu_offload,
-        local_files_only=args.local_files_only,
-        max_samples=args.max_samples,
-    )
+    flags = {f.name for f in dataclasses.fields(GenerateConfig)} - {"buckets", "progress"}  # one flag per field
+    config = GenerateConfig(buckets=parse_buckets(args.buckets), **{name: getattr(args, name) for name in flags})
     s = generate_cache(config)
     left = s.total - s.skipped - s.generated
     print(f"{args.out}: {s.generated} sample(s) generated, {s.skipped} already cached, {left} left")

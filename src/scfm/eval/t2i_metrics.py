@@ -54,7 +54,8 @@ _CLIP_FIX = (
 )
 _FID_WEIGHTS_FIX = (
     "pass --inception-weights PATH to the converted TF FID Inception weights (pt_inception-2015-12-05-6726825d.pth "
-    "from pytorch-fid's releases or weights-inception-2015-12-05-6726825d.pth from torch-fidelity's, or a .safetensors copy)"
+    "from pytorch-fid's releases or weights-inception-2015-12-05-6726825d.pth from torch-fidelity's, "
+    "or a .safetensors copy)"
 )
 _FID_OTHER = (
     "or give --fid-features another extractor ('clip' for FD-CLIP, 'module:function' or 'file.py:function' "
@@ -64,7 +65,10 @@ _FID_SPEC = (
     "--fid-features takes 'inception', 'clip', 'none', or 'module:function' / 'file.py:function' where function() "
     "returns an nn.Module mapping images [B, 3, H, W] float in [0, 1] to features [B, D]"
 )
-_FID_FIX = f"pip install torch-fidelity (it pulls torchvision: install the build matching your torch) and {_FID_WEIGHTS_FIX}; {_FID_OTHER}"
+_FID_FIX = (
+    "pip install torch-fidelity (it pulls torchvision: install the build matching your torch) and "
+    f"{_FID_WEIGHTS_FIX}; {_FID_OTHER}"
+)
 
 
 def _import_torchmetrics() -> Any:
@@ -307,7 +311,8 @@ def _read_inception_state(path: Path) -> dict[str, Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing here
         raise ValueError(
-            f"--inception-weights {str(path)!r} is not a readable torch state dict ({str(err)[:300]}); {_FID_WEIGHTS_FIX}"
+            f"--inception-weights {str(path)!r} is not a readable torch state dict ({str(err)[:300]}); "
+            f"{_FID_WEIGHTS_FIX}"
         ) from err
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"--inception-weights {str(path)!r} does not hold a state dict of tensors; {_FID_WEIGHTS_FIX}")
@@ -348,13 +353,15 @@ def load_inception(weights: PathLike | None = None) -> FidFeatures:
         )
     except (RuntimeError, KeyError) as err:
         raise ValueError(
-            f"--inception-weights {str(weights)!r} does not fit torch-fidelity's Inception-v3 ({str(err)[:300]}); {_FID_WEIGHTS_FIX}"
+            f"--inception-weights {str(weights)!r} does not fit torch-fidelity's Inception-v3 ({str(err)[:300]}); "
+            f"{_FID_WEIGHTS_FIX}"
         ) from err
     except Exception as err:  # noqa: BLE001 - urllib / hub errors vary by version
         if weights is not None:
             raise
         raise RuntimeError(
-            f"torch-fidelity could not download the Inception weights ({type(err).__name__}: {err}); {_FID_WEIGHTS_FIX}; {_FID_OTHER}"
+            f"torch-fidelity could not download the Inception weights ({type(err).__name__}: {err}); "
+            f"{_FID_WEIGHTS_FIX}; {_FID_OTHER}"
         ) from err
     module = metric.inception
     module.num_features = INCEPTION_FEATURE_DIM
@@ -418,7 +425,8 @@ def resolve_fid_features(
     if spec == "clip":
         if clip is None:
             raise ValueError(
-                f"--fid-features clip needs a CLIP model, but --clip is 'none'; give --clip a CLIP model, or {_FID_SPEC}"
+                "--fid-features clip needs a CLIP model, but --clip is 'none'; give --clip a CLIP model, "
+                f"or {_FID_SPEC}"
             )
         module = _ClipImageFeatures(clip)
         return FidFeatures(module=module, name=f"clip:{clip.name}", dim=module.num_features)

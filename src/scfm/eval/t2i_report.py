@@ -179,7 +179,8 @@ def check_eval_plan(
         raise ValueError("prompts must be a non-empty list of strings")
     if need_two and len(prompts) < 2:
         raise ValueError(
-            f"FID / dFID need at least 2 prompts (samples per set), got {len(prompts)}; add prompts or pass --fid-features none"
+            f"FID / dFID need at least 2 prompts (samples per set), got {len(prompts)}; "
+            "add prompts or pass --fid-features none"
         )
     if not steps_list or any(int(s) < 1 for s in steps_list):
         raise ValueError(f"--steps {list(steps_list)} must be a non-empty list of step counts >= 1")

@@ -81,7 +81,8 @@ def import_diffusers():
 
 
 def dtype_kwargs(dtype: torch.dtype | None) -> dict[str, Any]:
-    """The dtype keyword of diffusers' ``from_pretrained``: ``dtype`` (newer diffusers, which deprecate the old name) or ``torch_dtype``."""
+    """The dtype keyword of diffusers' ``from_pretrained``: ``dtype`` (newer diffusers, which deprecate the old name)
+    or ``torch_dtype``."""
     import importlib
 
     import_diffusers()
@@ -101,7 +102,8 @@ def expand_batch(value: torch.Tensor, batch_size: int, name: str) -> torch.Tenso
     if value.shape[0] == 1:
         return value.expand(batch_size, *value.shape[1:])
     raise ValueError(
-        f"cond[{name!r}] has batch size {value.shape[0]} but x has {batch_size}; pass one row per sample (or a single row to broadcast)"
+        f"cond[{name!r}] has batch size {value.shape[0]} but x has {batch_size}; "
+        "pass one row per sample (or a single row to broadcast)"
     )
 
 
@@ -142,7 +144,8 @@ class VelocityAdapter(nn.Module):
         name = type(transformer).__name__
         if self.transformer_class_name and name != self.transformer_class_name:
             raise ValueError(
-                f"{type(self).__name__} wraps a {self.transformer_class_name}, got a {name}; use the adapter made for {name}"
+                f"{type(self).__name__} wraps a {self.transformer_class_name}, got a {name}; "
+                f"use the adapter made for {name}"
             )
         self.transformer = transformer
 
@@ -280,7 +283,8 @@ class VelocityAdapter(nn.Module):
             )
 
     def _check_x_t(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        """Validate x ([B, C, H, W], or [B, C, F, h, w] when ``latent_ndim`` is 5); return t as a [B] tensor on x's device."""
+        """Validate x ([B, C, H, W], or [B, C, F, h, w] when ``latent_ndim`` is 5); return t as a [B] tensor on
+        x's device."""
         if not isinstance(x, torch.Tensor) or x.dim() != self.latent_ndim:
             layout = "video latents x [B, C, F, h, w]" if self.latent_ndim == 5 else "unpacked latents x [B, C, H, W]"
             raise ValueError(f"{type(self).__name__} expects {layout}, got shape {tuple(getattr(x, 'shape', ()))}")
@@ -328,17 +332,22 @@ class VelocityAdapter(nn.Module):
         if local and sub is not None and not os.path.isdir(os.path.join(path, sub)):
             hint = ""
             if os.path.isfile(os.path.join(path, "config.json")):
-                hint = f" {path!r} has a config.json of its own: if it is the transformer folder itself, pass subfolder=None."
+                hint = (
+                    f" {path!r} has a config.json of its own: if it is the transformer folder itself, "
+                    "pass subfolder=None."
+                )
             raise ValueError(
                 f"{path!r} has no {sub!r} subfolder, so there is no transformer to load.{hint} "
-                f"Pass the pipeline folder that contains {sub}/config.json, or set subfolder= to the folder holding the transformer."
+                f"Pass the pipeline folder that contains {sub}/config.json, "
+                "or set subfolder= to the folder holding the transformer."
             )
         try:
             config = model_cls.load_config(path, subfolder=sub, **load_kw)
         except (OSError, ValueError) as err:
             where = f"{path!r}" + (f" (subfolder {sub!r})" if sub else "")
             raise ValueError(
-                f"could not read the transformer config from {where}: {err}. Check the path / Hub id and subfolder, or pass local_files_only=False to download."
+                f"could not read the transformer config from {where}: {err}. "
+                "Check the path / Hub id and subfolder, or pass local_files_only=False to download."
             ) from err
         found = config.get("_class_name")
         if found != cls.transformer_class_name:
@@ -349,7 +358,8 @@ class VelocityAdapter(nn.Module):
                 else "point at a folder holding a " + cls.transformer_class_name
             )
             raise ValueError(
-                f"{path!r}{'/' + sub if sub else ''} holds a {found}, not a {cls.transformer_class_name}: {cls.__name__} cannot wrap it; {fix}"
+                f"{path!r}{'/' + sub if sub else ''} holds a {found}, not a {cls.transformer_class_name}: "
+                f"{cls.__name__} cannot wrap it; {fix}"
             )
         cls._check_scheduler(path, sub, local, load_kw)
         transformer = model_cls.from_pretrained(
@@ -359,15 +369,17 @@ class VelocityAdapter(nn.Module):
 
     @staticmethod
     def _check_scheduler(path: str, sub: str | None, local: bool, load_kw: dict[str, Any]) -> None:
-        """Raise if the sibling scheduler config exists and is not flow matching (:func:`is_flow_matching_scheduler`)."""
+        """Raise if the sibling scheduler config exists and is not flow matching
+        (:func:`is_flow_matching_scheduler`)."""
         config = read_scheduler_config(path, sub, local, load_kw)
         if config is None or is_flow_matching_scheduler(config):
             return
         name = str(config.get("_class_name", "")) or "(unnamed)"
         raise ValueError(
             f"{path!r} uses the scheduler {name}{_prediction_note(config)}, not a flow-matching one: "
-            "SCFM distills flow-matching (rectified-flow) models whose velocity is eps - x0, and this model was trained for "
-            "another objective. Use a flow-matching model (Flux, SD3/SD3.5, Wan, ...: a FlowMatch*Scheduler, or prediction_type='flow_prediction')."
+            "SCFM distills flow-matching (rectified-flow) models whose velocity is eps - x0, and this model was "
+            "trained for another objective. Use a flow-matching model (Flux, SD3/SD3.5, Wan, ...: "
+            "a FlowMatch*Scheduler, or prediction_type='flow_prediction')."
         )
 
 
@@ -432,7 +444,8 @@ def adapter_for(transformer: nn.Module, **kwargs: Any) -> VelocityAdapter:
         if cls.transformer_class_name == name:
             return cls(transformer, **kwargs)
     raise ValueError(
-        f"no scfm adapter wraps a {name}; adapters exist for {sorted(a.transformer_class_name for a in ADAPTERS.values())}"
+        f"no scfm adapter wraps a {name}; "
+        f"adapters exist for {sorted(a.transformer_class_name for a in ADAPTERS.values())}"
     )
 
 
@@ -486,7 +499,8 @@ def adapter_class_for(path_or_id: str | os.PathLike, local_files_only: bool = Fa
     if not local and (os.path.exists(path) or _looks_like_local_path(path)):
         what = "is a file" if os.path.exists(path) else "does not exist"
         raise ValueError(
-            f"model {path!r} {what}: pass a diffusers pipeline folder (model_index.json, transformer/, vae/, ...) or a Hub id such as black-forest-labs/FLUX.1-dev"
+            f"model {path!r} {what}: pass a diffusers pipeline folder (model_index.json, transformer/, vae/, ...) "
+            "or a Hub id such as black-forest-labs/FLUX.1-dev"
         )
     if local and not os.path.isdir(os.path.join(path, "transformer")):
         hint = (
@@ -513,7 +527,8 @@ def adapter_class_for(path_or_id: str | os.PathLike, local_files_only: bool = Fa
             return cls
     known = sorted(a.transformer_class_name for a in ADAPTERS.values())
     raise ValueError(
-        f"{path!r} has a {found} transformer; scfm has adapters for {known} only (register one with scfm.models.adapters.register_adapter)"
+        f"{path!r} has a {found} transformer; scfm has adapters for {known} only "
+        "(register one with scfm.models.adapters.register_adapter)"
     )
 
 

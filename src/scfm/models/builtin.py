@@ -74,7 +74,8 @@ def load_builtin(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
 def shipped_teacher_path(name: str = "digits") -> Path:
     if name not in SHIPPED_TEACHERS:
         raise ValueError(
-            f"no shipped teacher {name!r}; the package ships {sorted(SHIPPED_TEACHERS)} (train others with scfm pretrain)"
+            f"no shipped teacher {name!r}; the package ships {sorted(SHIPPED_TEACHERS)} "
+            "(train others with scfm pretrain)"
         )
     return Path(str(resources.files("scfm") / "assets" / SHIPPED_TEACHERS[name]))
 

@@ -95,6 +95,7 @@ class TrueCFG:
         missing = [k for k in keys if k not in cond]
         if missing:
             raise ValueError(
-                f"{type(self).__name__} with cfg_mode={self.cfg_mode!r} needs cond {missing} (encode the negative prompt, "
-                "by default '', with the pipeline's encode_prompt; one row broadcasts), or build the adapter with cfg_mode='none'"
+                f"{type(self).__name__} with cfg_mode={self.cfg_mode!r} needs cond {missing} "
+                "(encode the negative prompt, by default '', with the pipeline's encode_prompt; one row broadcasts), "
+                "or build the adapter with cfg_mode='none'"
             )

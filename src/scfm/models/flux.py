@@ -140,7 +140,8 @@ class FluxAdapter(VelocityAdapter):
             )
         if cfg.in_channels % 4:
             raise ValueError(
-                f"transformer in_channels={cfg.in_channels} is not 4 x latent channels; this is not a Flux-layout transformer"
+                f"transformer in_channels={cfg.in_channels} is not 4 x latent channels; "
+                "this is not a Flux-layout transformer"
             )
 
     @property
@@ -164,12 +165,14 @@ class FluxAdapter(VelocityAdapter):
             raise ValueError(f"Flux latents need even height and width (2x2 packing), got {h}x{w}")
         if c != self.latent_channels:
             raise ValueError(
-                f"x has {c} channels but this Flux transformer expects {self.latent_channels} (in_channels={4 * self.latent_channels} after 2x2 packing)"
+                f"x has {c} channels but this Flux transformer expects {self.latent_channels} "
+                f"(in_channels={4 * self.latent_channels} after 2x2 packing)"
             )
         for key in ("prompt_embeds", "pooled_prompt_embeds"):
             if key not in cond:
                 raise ValueError(
-                    f"FluxAdapter needs cond {key!r} (prompt_embeds [B, L, D], pooled_prompt_embeds [B, P]); got keys {sorted(cond)}"
+                    f"FluxAdapter needs cond {key!r} (prompt_embeds [B, L, D], pooled_prompt_embeds [B, P]); "
+                    f"got keys {sorted(cond)}"
                 )
         dtype, device = self.dtype, x.device
         prompt = expand_batch(cond["prompt_embeds"], b, "prompt_embeds").to(device, dtype)
@@ -253,7 +256,8 @@ class FluxAdapter(VelocityAdapter):
         if not self.has_guidance:
             if value is not None:
                 raise ValueError(
-                    "this Flux transformer has no guidance embedding (guidance_embeds=False, e.g. FLUX.1-schnell); drop the 'guidance' cond key"
+                    "this Flux transformer has no guidance embedding (guidance_embeds=False, e.g. FLUX.1-schnell); "
+                    "drop the 'guidance' cond key"
                 )
             return None
         if value is None:

@@ -119,7 +119,8 @@ class SD3Adapter(TrueCFG, VelocityAdapter):
         for key in ("prompt_embeds", "pooled_prompt_embeds"):
             if key not in cond:
                 raise ValueError(
-                    f"SD3Adapter needs cond {key!r} (prompt_embeds [B, L, D], pooled_prompt_embeds [B, P]); got keys {sorted(cond)}"
+                    f"SD3Adapter needs cond {key!r} (prompt_embeds [B, L, D], pooled_prompt_embeds [B, P]); "
+                    f"got keys {sorted(cond)}"
                 )
         dtype, device = self.dtype, x.device
         prompt = expand_batch(cond["prompt_embeds"], b, "prompt_embeds").to(device, dtype)
@@ -134,7 +135,8 @@ class SD3Adapter(TrueCFG, VelocityAdapter):
         )
         if neg.shape != prompt.shape or neg_pooled.shape != pooled.shape:
             raise ValueError(
-                f"negative embeddings {tuple(neg.shape)}, {tuple(neg_pooled.shape)} must match the prompt's {tuple(prompt.shape)}, "
+                f"negative embeddings {tuple(neg.shape)}, {tuple(neg_pooled.shape)} "
+                f"must match the prompt's {tuple(prompt.shape)}, "
                 f"{tuple(pooled.shape)} (encode both with the same max_sequence_length)"
             )
         both = self._call(

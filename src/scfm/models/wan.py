@@ -118,7 +118,8 @@ def normalize_latents(z: torch.Tensor, vae: torch.nn.Module) -> torch.Tensor:
 
 
 def denormalize_latents(x0: torch.Tensor, vae: torch.nn.Module) -> torch.Tensor:
-    """The transformer's latents x0 [B, z_dim, F, h, w] -> raw VAE latents ``x0 * std + mean`` (WanPipeline's decode)."""
+    """The transformer's latents x0 [B, z_dim, F, h, w] -> raw VAE latents ``x0 * std + mean``
+    (WanPipeline's decode)."""
     mean, std = latent_stats(vae, x0.device, x0.dtype)
     return x0 * std + mean
 
@@ -173,9 +174,10 @@ class WanAdapter(TrueCFG, VelocityAdapter):
         cfg = transformer.config
         if getattr(cfg, "image_dim", None) is not None or cfg.in_channels != (cfg.out_channels or cfg.in_channels):
             raise ValueError(
-                f"WanAdapter wraps the text-to-video transformer (image_dim=None, in_channels == out_channels); this one has "
-                f"image_dim={cfg.image_dim}, in_channels={cfg.in_channels}, out_channels={cfg.out_channels} (an image-to-video "
-                "model, which needs image conditioning scfm does not pass). Use a Wan T2V checkpoint."
+                "WanAdapter wraps the text-to-video transformer (image_dim=None, in_channels == out_channels); "
+                f"this one has image_dim={cfg.image_dim}, in_channels={cfg.in_channels}, "
+                f"out_channels={cfg.out_channels} (an image-to-video model, which needs image conditioning "
+                "scfm does not pass). Use a Wan T2V checkpoint."
             )
         self._init_cfg(guidance_scale, cfg_mode)
         self.negative_prompt = str(negative_prompt)
@@ -296,14 +298,16 @@ class WanAdapter(TrueCFG, VelocityAdapter):
         temporal = int(pipe.vae_scale_factor_temporal)
         if frames < 1 or (frames - 1) % temporal:
             raise ValueError(
-                f"num_frames={frames} must be {temporal}k + 1 (e.g. 5, 49, 81): the Wan VAE compresses time by {temporal}"
+                f"num_frames={frames} must be {temporal}k + 1 (e.g. 5, 49, 81): "
+                f"the Wan VAE compresses time by {temporal}"
             )
         p_h, p_w = pipe.transformer.config.patch_size[1:]
         spatial = int(pipe.vae_scale_factor_spatial)
         multiple_h, multiple_w = math.lcm(16, spatial * p_h), math.lcm(16, spatial * p_w)
         if height % multiple_h or width % multiple_w:
             raise ValueError(
-                f"height={height}, width={width} must be multiples of {multiple_h} x {multiple_w} pixels (vae scale x patch, and 16)"
+                f"height={height}, width={width} must be multiples of {multiple_h} x {multiple_w} pixels "
+                "(vae scale x patch, and 16)"
             )
         negative = cls.default_negative_prompt if negative_prompt is None else negative_prompt
         out = pipe(
@@ -354,7 +358,8 @@ class WanAdapter(TrueCFG, VelocityAdapter):
             images = images.unsqueeze(2)
         if images.dim() != 5 or images.shape[1] != 3:
             raise ValueError(
-                f"encode_images expects videos [B, 3, F, H, W] (or images [B, 3, H, W]) in [-1, 1], got shape {tuple(images.shape)}"
+                "encode_images expects videos [B, 3, F, H, W] (or images [B, 3, H, W]) in [-1, 1], "
+                f"got shape {tuple(images.shape)}"
             )
         temporal = int(pipe.vae_scale_factor_temporal)
         if (images.shape[2] - 1) % temporal:

@@ -52,8 +52,7 @@ def load_lora(pipe: Any, path: str | os.PathLike, adapter_name: str = LORA_ADAPT
     if loaded != in_file:
         raise ValueError(
             f"{str(path)!r}: the LoRA names {len(in_file)} transformer modules but {len(loaded)} received it "
-            f"(not loaded: {sorted(in_file - loaded)[:3]}, unexpected: {sorted(loaded - in_file)[:3]}); is it a diffusers-format LoRA of this model?"
+            f"(not loaded: {sorted(in_file - loaded)[:3]}, unexpected: {sorted(loaded - in_file)[:3]}); "
+            "is it a diffusers-format LoRA of this model?"
         )
     return sorted(loaded)
-
-

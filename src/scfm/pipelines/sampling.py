@@ -53,7 +53,8 @@ def identity_sigma_scheduler(pipe: Any, sigmas: list[float] | None = None) -> It
     saved = pipe.scheduler
     if not is_flow_matching_scheduler(saved.config):
         raise ValueError(
-            f"pipe.scheduler is a {type(saved).__name__}; scfm samples flow-matching pipelines (FlowMatch*Scheduler or prediction_type='flow_prediction')"
+            f"pipe.scheduler is a {type(saved).__name__}; scfm samples flow-matching pipelines "
+            "(FlowMatch*Scheduler or prediction_type='flow_prediction')"
         )
     if "FlowMatch" in type(saved).__name__:
         euler = FlowMatchEulerDiscreteScheduler.from_config(

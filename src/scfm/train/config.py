@@ -109,7 +109,8 @@ class DistillConfig:
     """Teacher for `scfm distill`: 'digits' (shipped), 'toy2d:<name>' (shipped 2-D), a built-in model file,
     or 'diffusers:<pipeline folder or Hub id>' (Flux / SD3: only its transformer is loaded)."""
     data: str = "digits"
-    """Data for `scfm distill`: 'digits', 'toy2d:<name>', or 'cache:<dir>' (a teacher cache from `scfm generate-data`)."""
+    """Data for `scfm distill`: 'digits', 'toy2d:<name>', or 'cache:<dir>' (a teacher cache from
+    `scfm generate-data`)."""
     # diffusers teachers (teacher: diffusers:...)
     cfg_mode: str = "runtime"
     """True-CFG families (SD3): 'runtime' (official: CFG stays at inference), 'baked' (one-pass student) or 'none'."""
@@ -200,7 +201,8 @@ class DistillConfig:
             raise ValueError(f"cfg_scale={self.cfg_scale!r} must be >= 0 (0 = no guidance)")
         if not 0 <= self.guidance_min <= self.guidance_max:
             raise ValueError(
-                f"guidance_min={self.guidance_min!r}, guidance_max={self.guidance_max!r}: need 0 <= guidance_min <= guidance_max"
+                f"guidance_min={self.guidance_min!r}, guidance_max={self.guidance_max!r}: "
+                "need 0 <= guidance_min <= guidance_max"
             )
         if self.model_dtype not in MODEL_DTYPES:
             raise ValueError(f"model_dtype={self.model_dtype!r} must be one of {MODEL_DTYPES}")
@@ -212,15 +214,18 @@ class DistillConfig:
             raise ValueError(f"data={self.data!r} names no folder: use cache:<dir written by scfm generate-data>")
         if diffusers_teacher and not cache_data:
             raise ValueError(
-                f"teacher={self.teacher!r} distills from a teacher cache: set data: cache:<dir> (make one with scfm generate-data), not data={self.data!r}"
+                f"teacher={self.teacher!r} distills from a teacher cache: set data: cache:<dir> "
+                f"(make one with scfm generate-data), not data={self.data!r}"
             )
         if cache_data and not diffusers_teacher:
             raise ValueError(
-                f"data={self.data!r} is a diffusers teacher cache: set teacher: diffusers:<the model the cache was made with>, not teacher={self.teacher!r}"
+                f"data={self.data!r} is a diffusers teacher cache: "
+                f"set teacher: diffusers:<the model the cache was made with>, not teacher={self.teacher!r}"
             )
         if diffusers_teacher and self.validate_every:
             raise ValueError(
-                f"validate_every={self.validate_every} works for built-in models only; set it to 0 for a diffusers teacher and look at checkpoints with scfm sample"
+                f"validate_every={self.validate_every} works for built-in models only; "
+                "set it to 0 for a diffusers teacher and look at checkpoints with scfm sample"
             )
 
     def to_dict(self) -> dict[str, Any]:

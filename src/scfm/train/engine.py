@@ -187,7 +187,8 @@ class Distiller:
         self.skipped += 1
         if self.skipped > self.config.max_skipped_steps:
             raise FloatingPointError(
-                f"{self.skipped} steps skipped for non-finite {what} (max_skipped_steps={self.config.max_skipped_steps}); stopping"
+                f"{self.skipped} steps skipped for non-finite {what} "
+                f"(max_skipped_steps={self.config.max_skipped_steps}); stopping"
             )
         return None
 

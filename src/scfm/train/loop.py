@@ -38,7 +38,8 @@ def check_batch(batch: Any, teacher: nn.Module, device: torch.device) -> None:
     x0 = batch["x0"]
     if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
         raise ValueError(
-            f"data x0 must be a floating-point tensor, got {getattr(x0, 'dtype', type(x0).__name__)}; convert it with x0.float()"
+            f"data x0 must be a floating-point tensor, got {getattr(x0, 'dtype', type(x0).__name__)}; "
+            "convert it with x0.float()"
         )
     if x0.dim() < 2:
         raise ValueError(f"data x0 has shape {tuple(x0.shape)}; expected [batch, ...] with at least 2 dims")
@@ -50,7 +51,8 @@ def check_batch(batch: Any, teacher: nn.Module, device: torch.device) -> None:
             and value.shape[0] not in (x0.shape[0], 1)
         ):
             raise ValueError(
-                f"data[{key!r}] has batch size {value.shape[0]} but x0 has {x0.shape[0]}; every tensor must share the batch dim (or have size 1 to broadcast)"
+                f"data[{key!r}] has batch size {value.shape[0]} but x0 has {x0.shape[0]}; "
+                "every tensor must share the batch dim (or have size 1 to broadcast)"
             )
     probe = {k: (v[:1].to(device) if isinstance(v, torch.Tensor) and v.dim() > 0 else v) for k, v in batch.items()}
     x = probe.pop("x0")
@@ -59,11 +61,13 @@ def check_batch(batch: Any, teacher: nn.Module, device: torch.device) -> None:
             v = teacher(x, torch.full((1,), 0.5, device=device, dtype=x.dtype), **probe)
     except Exception as err:
         raise ValueError(
-            f"teacher(x0[:1], t, **cond) failed on the first data batch (x0 shape {tuple(x0.shape)}, dtype {x0.dtype}): {err}"
+            "teacher(x0[:1], t, **cond) failed on the first data batch "
+            f"(x0 shape {tuple(x0.shape)}, dtype {x0.dtype}): {err}"
         ) from err
     if not isinstance(v, torch.Tensor) or v.shape != x.shape:
         raise ValueError(
-            f"teacher returned {getattr(v, 'shape', type(v).__name__)} for x0[:1] of shape {tuple(x.shape)}; the velocity must have x's shape"
+            f"teacher returned {getattr(v, 'shape', type(v).__name__)} for x0[:1] of shape {tuple(x.shape)}; "
+            "the velocity must have x's shape"
         )
 
 
@@ -73,7 +77,7 @@ def _cycle(data: Iterable[dict], first_iter: Iterator[dict]) -> Iterator[dict]:
     while True:
         again = iter(data)
         if again is first_iter:
-            warnings.warn("data ran out (a one-shot iterator); training stops early")
+            warnings.warn("data ran out (a one-shot iterator); training stops early", stacklevel=2)
             return
         got = False
         for batch in again:
@@ -152,7 +156,8 @@ def distill(
     if config.gradient_checkpointing:
         if not hasattr(teacher, "enable_gradient_checkpointing"):
             raise ValueError(
-                f"gradient_checkpointing=True but {type(teacher).__name__} has no enable_gradient_checkpointing(); set it to false"
+                f"gradient_checkpointing=True but {type(teacher).__name__} has no enable_gradient_checkpointing(); "
+                "set it to false"
             )
         teacher.enable_gradient_checkpointing()
     seq_len_fn = getattr(teacher, "seq_len", None)

@@ -25,7 +25,9 @@ class RunLogger:
                 self._tb = SummaryWriter(str(self.dir / "tensorboard"))
             except ImportError:
                 warnings.warn(
-                    "logger=tensorboard but the tensorboard package is missing (pip install tensorboard); logging to metrics.jsonl only"
+                    "logger=tensorboard but the tensorboard package is missing (pip install tensorboard); "
+                    "logging to metrics.jsonl only",
+                    stacklevel=2,
                 )
         elif config.logger == "wandb":
             try:
