@@ -148,3 +148,32 @@ def test_to_dict_then_from_dict_is_the_identity():
     assert DistillConfig.from_dict(cfg.to_dict()) == cfg
     assert DistillConfig.from_dict(DistillConfig().to_dict()) == DistillConfig()
     assert set(cfg.to_dict()["lora"]) == {"targets", "rank", "alpha", "dropout", "exclude"}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"lr": float("inf")}, r"lr=inf must be a finite number"),
+        ({"lr": "nan"}, r"lr=nan must be a finite number"),
+        ({"max_steps": True}, r"max_steps=True must be an integer"),
+        ({"max_steps": 300.5}, r"max_steps=300.5 must be an integer"),
+        ({"gradient_checkpointing": 1}, r"gradient_checkpointing=1 must be true or false"),
+        ({"teacher": 3}, r"teacher=3 must be text"),
+        ({"plan.self_grids": 4}, r"plan.self_grids=4 must be a list or null"),
+        ({"lora.targets": ["qkv", 3]}, r"lora.targets=\('qkv', 3\) must be a list of texts"),
+        ({"plan.shift_range": [1, 2, 3]}, r"plan.shift_range=\(1.0, 2.0, 3\) must be a list of 2 items"),
+    ],
+)
+def test_config_fields_are_type_checked_naming_the_field_the_value_and_the_form(values, message):
+    with pytest.raises(ValueError, match=message):
+        DistillConfig.from_dict(values).validate()
+
+
+def test_cli_prints_one_line_for_a_user_error_and_the_traceback_only_with_debug(capsys):
+    from scfm.commands.cli import main
+
+    assert main(["distill", "--set", "lr=inf", "--set", "output_dir=null"]) == 2
+    err = capsys.readouterr().err
+    assert err == "scfm distill: error: lr=inf must be a finite number\n"
+    with pytest.raises(ValueError, match="lr=inf"):
+        main(["distill", "--set", "lr=inf", "--debug"])

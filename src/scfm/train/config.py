@@ -10,6 +10,7 @@ existed used flat names (``lora_rank``), which :data:`LEGACY_FIELDS` translates.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -128,6 +129,7 @@ class DistillConfig:
 
     def validate(self) -> DistillConfig:
         """Raise ``ValueError`` naming the field (dotted: ``lora.rank``), the bad value and the allowed range."""
+        check_types(self)
         positive = ("max_steps", "batch_size", "log_every", "grad_accum")
         for name in positive:
             value = getattr(self, name)
@@ -346,6 +348,61 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
         items = args[:1] * len(value) if args[1:] == (Ellipsis,) else args
         return tuple(_coerce(f"{name}[{i}]", items[i] if i < len(items) else Any, v) for i, v in enumerate(value))
     return value
+
+
+def check_types(config: DistillConfig) -> None:
+    """Raise ``ValueError`` when a field's value is not of its declared type (sections included).
+
+    bool fields take True/False only, int fields integers (not booleans), float fields finite
+    numbers, str fields text, tuple fields tuples of their item type; ``None`` only where the
+    field allows it. The message names the field (dotted), the value and the expected form.
+    """
+    for name, value, hint in _typed_fields(config):
+        problem = _type_problem(hint, value)
+        if problem:
+            raise ValueError(f"{name}={value!r} must be {problem}")
+
+
+def _typed_fields(config: DistillConfig) -> list[tuple[str, Any, Any]]:
+    out = []
+    for name, hint in get_type_hints(DistillConfig).items():
+        value = getattr(config, name)
+        if name in SECTIONS and isinstance(value, SECTIONS[name]):
+            out += [(f"{name}.{sub}", getattr(value, sub), h) for sub, h in get_type_hints(SECTIONS[name]).items()]
+        elif name not in SECTIONS:
+            out.append((name, value, hint))
+    return out
+
+
+def _type_problem(hint: Any, value: Any) -> str | None:
+    """What ``value`` should be for type ``hint`` (e.g. 'a finite number'), or None when it fits."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        if value is None and len(options) < len(args):
+            return None
+        problems = [_type_problem(option, value) for option in options]
+        return None if None in problems else " or ".join(filter(None, problems)) + (" or null" if value else "")
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else "a finite number"
+    if hint is str:
+        return None if isinstance(value, str) else "text"
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return "a list"
+        items = args[:1] * len(value) if args[1:] == (Ellipsis,) else args
+        if len(items) != len(value):
+            return f"a list of {len(items)} items"
+        bad = [_type_problem(h, v) for h, v in zip(items, value)]
+        return None if not any(bad) else f"a list of {next(b for b in bad if b)}s"
+    if origin is dict:
+        return None if isinstance(value, dict) else "a mapping"
+    return None
 
 
 def _as_float(name: str, value: Any) -> Any:
