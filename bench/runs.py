@@ -31,8 +31,17 @@ def preset_tag(**changes: Any) -> str:
     """Short hash of the digits preset (with ``changes``): cached runs count only for the preset they measured."""
     from scfm.train.presets import digits_config
 
-    blob = json.dumps(digits_config(changes).to_dict(), sort_keys=True, default=list)
+    values = digits_config(changes).to_dict()
+    for section, name, old_behaviour in FIELDS_ADDED_LATER:
+        where = values[section] if section else values
+        if where.get(name) == old_behaviour:
+            del where[name]  # a field added after runs were cached, at the value they ran with
+    blob = json.dumps(values, sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+FIELDS_ADDED_LATER = ((None, "ema_init", "params"), ("lora", "init", "kaiming"))
+"""(section, field, value that reproduces the runs measured before the field existed)."""
 
 
 def run_key(spec: dict[str, Any]) -> str:

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from scfm.weights.ema import FastSlowEMA
-from scfm.weights.lora import LoraSpec, attach_lora, fuse_lora, lora_named_parameters, lora_scale
+from scfm.weights.lora import LoraSpec, attach_lora, fuse_lora, init_lora, lora_named_parameters, lora_scale
 from scfm.weights.switch import WeightSwitch
 
 
@@ -107,3 +107,21 @@ def test_lora_scale_is_restored_and_fusing_keeps_the_function():
     fused = fuse_lora(model, 1.5)
     assert not any("lora" in n for n, _ in fused.named_parameters())
     assert torch.allclose(fused(x, t), y15, atol=1e-5)
+
+
+def test_gaussian_lora_init_draws_a_with_std_one_over_rank_and_zero_b():
+    model = attach_lora(torch.nn.Sequential(torch.nn.Linear(256, 256)), LoraSpec(targets=("0",), rank=16, alpha=16.0))
+    init_lora(model, torch.Generator().manual_seed(0), "gaussian")
+    a = next(p for n, p in lora_named_parameters(model) if ".lora_A." in n)
+    b = next(p for n, p in lora_named_parameters(model) if ".lora_B." in n)
+    assert abs(a.std().item() - 1 / 16) < 0.005 and abs(a.mean().item()) < 0.005 and not b.any()
+    with pytest.raises(ValueError, match="lora.init='xavier' must be one of"):
+        init_lora(model, torch.Generator(), "xavier")
+
+
+def test_ema_started_at_zeros_moves_toward_the_params_from_zero():
+    params = [torch.ones(3)]
+    ema = FastSlowEMA(["w"], params, fast_decay=0.5, slow_decay=0.75, start="zeros")
+    assert not ema.fast[0].any() and not ema.slow[0].any()
+    ema.update(params)
+    assert torch.equal(ema.fast[0], torch.full((3,), 0.5)) and torch.equal(ema.slow[0], torch.full((3,), 0.25))

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from scfm.objective.plans import PlanConfig
-from scfm.weights.lora import LoraSpec
+from scfm.weights.ema import EMA_STARTS
+from scfm.weights.lora import LORA_INITS, LoraSpec
 
 FINAL_WEIGHTS = ("slow_ema", "fast_ema", "student")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -67,6 +68,9 @@ class DistillConfig:
     # EMAs
     fast_decay: float = 0.99
     slow_decay: float = 0.999
+    ema_init: str = "params"
+    """Where both EMAs start: 'params' (the initial LoRA, a zero delta: the teacher) or 'zeros' (A and B
+    at zero, as the official scripts start them)."""
     ema_restart_every: int = 0
     """Reset both EMAs to the student every K steps; 0 = never."""
     final_weights: str = "slow_ema"
@@ -159,6 +163,8 @@ class DistillConfig:
             raise ValueError(f"lr_schedule={self.lr_schedule!r} must be one of {LR_SCHEDULES}")
         if not 0.0 <= self.lr_final_ratio <= 1.0:
             raise ValueError(f"lr_final_ratio={self.lr_final_ratio!r} must lie in [0, 1]")
+        if self.ema_init not in EMA_STARTS:
+            raise ValueError(f"ema_init={self.ema_init!r} must be one of {EMA_STARTS}")
         for name in ("fast_decay", "slow_decay"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must lie in [0, 1)")
@@ -190,6 +196,8 @@ class DistillConfig:
             raise ValueError(f"lora.alpha={lora.alpha!r} must be > 0")
         if not 0.0 <= lora.dropout < 1.0:
             raise ValueError(f"lora.dropout={lora.dropout!r} must lie in [0, 1)")
+        if lora.init not in LORA_INITS:
+            raise ValueError(f"lora.init={lora.init!r} must be one of {LORA_INITS}")
         if isinstance(lora.targets, str):
             raise ValueError(f"lora.targets={lora.targets!r} must be a list of module-name suffixes, e.g. [qkv, proj]")
         if not lora.targets:

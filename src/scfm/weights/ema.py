@@ -6,24 +6,39 @@ from collections.abc import Sequence
 
 import torch
 
+EMA_STARTS = ("params", "zeros")
+"""Where both EMAs start: the initial ``params`` (a fresh LoRA: B = 0, a zero delta, the teacher), or
+all zeros (A and B: the official scripts' start)."""
+
 
 class FastSlowEMA:
     """``e <- mu * e + (1 - mu) * theta`` for a fast and a slow copy, in fp32.
 
-    Both start equal to ``params`` (for a fresh LoRA: a zero delta, i.e. the teacher).
+    Both start equal to ``params`` (for a fresh LoRA: a zero delta, i.e. the teacher) or, with
+    ``start="zeros"``, at zero.
     ``names`` label the tensors in :meth:`state_dict`.
     """
 
     def __init__(
-        self, names: Sequence[str], params: Sequence[torch.Tensor], fast_decay: float = 0.99, slow_decay: float = 0.999
+        self,
+        names: Sequence[str],
+        params: Sequence[torch.Tensor],
+        fast_decay: float = 0.99,
+        slow_decay: float = 0.999,
+        start: str = "params",
     ) -> None:
         for field, value in (("fast_decay", fast_decay), ("slow_decay", slow_decay)):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{field}={value} must lie in [0, 1)")
+        if start not in EMA_STARTS:
+            raise ValueError(f"ema_init={start!r} must be one of {EMA_STARTS}")
         self.names = list(names)
         self.fast_decay, self.slow_decay = fast_decay, slow_decay
         self.fast = [p.detach().float().clone() for p in params]
         self.slow = [p.detach().float().clone() for p in params]
+        if start == "zeros":
+            torch._foreach_zero_(self.fast)
+            torch._foreach_zero_(self.slow)
 
     @torch.no_grad()
     def update(self, params: Sequence[torch.Tensor]) -> None:

@@ -31,6 +31,10 @@ class LoraSpec:
     dropout: float = 0.0
     exclude: tuple[str, ...] = field(default_factory=tuple)
     """Module-name suffixes never adapted even if a target matches."""
+    init: str = "kaiming"
+    """How the A matrices start (B starts at zero, so the student starts as the teacher): 'kaiming'
+    (peft's default, Kaiming-uniform) or 'gaussian' (normal with std 1/rank: peft's
+    init_lora_weights="gaussian", the official SCFM scripts' choice)."""
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
@@ -50,14 +54,23 @@ def matching_modules(model: nn.Module, spec: LoraSpec) -> list[str]:
     return [name for name in linear_module_names(model) if _matches(name, spec)]
 
 
+LORA_INITS = ("kaiming", "gaussian")
+
+
 @torch.no_grad()
-def init_lora(model: nn.Module, generator: torch.Generator) -> None:
-    """Re-draw every LoRA A from ``generator`` (peft's Kaiming-uniform init) and zero every B,
-    so a run is reproducible from its seed without the global RNG."""
+def init_lora(model: nn.Module, generator: torch.Generator, init: str = "kaiming") -> None:
+    """Re-draw every LoRA A from ``generator`` and zero every B, so a run is reproducible from its
+    seed without the global RNG. ``init``: 'kaiming' (peft's Kaiming-uniform) or 'gaussian'
+    (normal, std 1 / rank, as peft's ``init_lora_weights="gaussian"``)."""
+    if init not in LORA_INITS:
+        raise ValueError(f"lora.init={init!r} must be one of {LORA_INITS}")
     for name, param in lora_named_parameters(model):
         if ".lora_A." in name:
             fresh = torch.empty(param.shape, dtype=torch.float32)
-            nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=generator)
+            if init == "gaussian":
+                fresh.normal_(0.0, 1.0 / param.shape[0], generator=generator)
+            else:
+                nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=generator)
             param.copy_(fresh)
         else:
             param.zero_()
