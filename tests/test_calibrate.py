@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import scfm
+from scfm.calibration import ScaleSearch, calibrate_lora_scales, paired_mse
 from scfm.commands.demo import STEP_COUNTS, run_demo
-from scfm.eval.calibrate import ScaleSearch, calibrate_lora_scales, paired_mse
 from scfm.models.builtin import load_shipped_teacher
 from test_api import UserVelocity, batches, tiny_config
 
@@ -86,3 +86,30 @@ def test_demo_writes_its_contract_with_calibrated_and_unscaled_student_rows(tmp_
     assert scfm.load(tmp_path / "demo" / "lora", load_shipped_teacher()).lora_scales == {
         n: metrics["lora_scales"][str(n)] for n in STEP_COUNTS
     }
+
+
+def test_calibration_against_the_teacher_picks_scale_zero_when_the_lora_only_hurts():
+    """A LoRA whose delta is pure noise is best switched off: the search walks down to scale 0."""
+    from scfm.calibration import calibrate_against_teacher
+    from scfm.distilled import DistilledModel
+    from scfm.weights.lora import LoraSpec, attach_lora, lora_named_parameters
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+
+    class Velocity(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = base
+
+        def forward(self, x, t):
+            return self.net(torch.cat([x, t[:, None]], dim=1))
+
+    model = attach_lora(Velocity(), LoraSpec(targets=("net.0", "net.2"), rank=2, alpha=2.0))
+    with torch.no_grad():
+        for _, p in lora_named_parameters(model):
+            p.normal_(0, 0.5)
+    student = DistilledModel(model, LoraSpec(targets=("net.0", "net.2"), rank=2, alpha=2.0))
+    noise = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
+    calibration = calibrate_against_teacher(student, noise, {}, steps=(4,), teacher_steps=4)
+    assert calibration.scales[4] == 0.0 and calibration.tried[4][0.0] == 0.0

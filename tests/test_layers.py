@@ -16,6 +16,7 @@ LAYERS = (
     "data",
     "pipelines",
     "export",
+    "calibration",
     "sampling",
     "models",
     "distilled",

@@ -5,7 +5,7 @@ student samples per step count), ``fd_vs_steps.png``, ``lora/`` (the LoRA as saf
 ``training.png`` (loss components and consistency residual) and ``report.md``.
 
 The student is sampled with plain Euler at a LoRA scale per step count (the spec's sampling
-knob), chosen after training by :func:`scfm.eval.calibrate.calibrate_lora_scales` on
+knob), chosen after training by :func:`scfm.calibration.calibrate_lora_scales` on
 calibration noise (seed ``CALIBRATION_SEED``), never on the evaluation noise; the rows of the
 same LoRA at scale 1 are reported too (model ``student_scale1``).
 """
@@ -22,7 +22,7 @@ import torch
 
 from scfm.commands._common import new_command
 from scfm.data.batches import digits_batches
-from scfm.eval.calibrate import ScaleCalibration, calibrate_lora_scales
+from scfm.calibration import ScaleCalibration, calibrate_lora_scales
 from scfm.eval.harness import DigitsEvalSet, sample_digits, score_rows
 from scfm.eval.metrics import DigitsEvaluator
 from scfm.eval.plots import plot_quality_vs_steps, plot_training, save_comparison_grid
