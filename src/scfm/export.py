@@ -92,15 +92,35 @@ def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     return t.to(dtype) if dtype is not None else t
 
 
-def export_diffusers_lora(result: Any, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+def _check_target(path: str | os.PathLike, overwrite: bool) -> Path:
+    """``path`` as a Path, checked to be writable as an export file.
+
+    Raises ``FileExistsError`` naming the path when it is a folder, or an existing file and
+    ``overwrite`` is False (an export never replaces a file unless asked to).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise FileExistsError(f"{str(path)!r} is a folder; export a LoRA file to a .safetensors path")
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise FileExistsError(
+            f"{str(path)!r} already exists; pass overwrite=True to replace it, or choose another path"
+        )
+    return path
+
+
+def export_diffusers_lora(
+    result: Any, path: str | os.PathLike, dtype: torch.dtype | None = None, overwrite: bool = False
+) -> Path:
     """Write the LoRA of a distilled Flux/SD3 adapter as a diffusers-format safetensors file.
 
     Keys ``transformer.<module path>.lora_A.weight`` / ``.lora_B.weight``; the per-layer scale
     ``alpha / rank`` is multiplied into ``lora_B`` (the format has no alpha; diffusers loads it with
     scale 1), so the loaded delta is exact. Load with ``pipe.load_lora_weights(path)`` or
     ``transformer.load_lora_adapter(path, prefix="transformer")``. ``dtype`` casts the tensors
-    (default: as trained, float32). Raises ``ValueError`` when ``result`` is not a diffusers adapter.
+    (default: as trained, float32). Raises ``ValueError`` when ``result`` is not a diffusers adapter, and
+    ``FileExistsError`` when ``path`` exists and ``overwrite`` is False (the file is written atomically).
     """
+    path = _check_target(path, overwrite)
     tensors: dict[str, torch.Tensor] = {}
     for name, (a, b, scale) in lora_factors(result).items():
         tensors[f"{PREFIX}.{name}.lora_A.weight"] = _cast(a, dtype)
@@ -113,12 +133,16 @@ def kohya_name(module_path: str) -> str:
     return KOHYA_PREFIX + module_path.replace(".", "_")
 
 
-def export_kohya_lora(result: Any, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+def export_kohya_lora(
+    result: Any, path: str | os.PathLike, dtype: torch.dtype | None = None, overwrite: bool = False
+) -> Path:
     """Write the LoRA as kohya-style keys for ComfyUI (see the module docstring for the naming).
 
     Per layer: ``<name>.lora_down.weight`` = A, ``<name>.lora_up.weight`` = B and ``<name>.alpha``
     = scale * rank (the trained lora_alpha), so that ``alpha / rank * up @ down`` is the exact delta.
+    Raises ``FileExistsError`` when ``path`` exists and ``overwrite`` is False (the file is written atomically).
     """
+    path = _check_target(path, overwrite)
     tensors: dict[str, torch.Tensor] = {}
     for name, (a, b, scale) in lora_factors(result).items():
         key = kohya_name(name)

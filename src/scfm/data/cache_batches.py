@@ -12,7 +12,9 @@ identically to teacher, EMAs and student by the training loop.
 Like :class:`scfm.data.batches.DigitsBatches` the whole state is the generator:
 ``state_dict()`` / ``load_state_dict()`` let the engine checkpoint it and a resumed run
 continue the same batch sequence. Rows are read lazily from the memory-mapped shards, so the
-cache may be larger than RAM.
+cache may be larger than RAM. Every index line is checked when the source is built, from the
+shards' safetensors headers (no tensor data): its shard is one of the cache's own files inside
+it, and its row exists and holds its id; so every batch has exactly B rows.
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ from typing import Any
 import torch
 
 from scfm.data.batches import GeneratorSource
-from scfm.data.cache_store import INDEX_FILE, SHARED_FILE, read_index, read_meta
+from scfm.data.cache_store import (
+    INDEX_FILE,
+    SHARED_FILE,
+    read_index_lines,
+    read_meta,
+    read_shard_header,
+    read_shard_ids,
+)
 from scfm.fileio import load_safetensors
 
 
@@ -54,31 +63,76 @@ class CacheBatches(GeneratorSource):
         super().__init__(batch_size, seed)
         self.cache_dir = Path(cache_dir)
         self.meta = read_meta(self.cache_dir)
-        entries, _ = read_index(self.cache_dir)
-        if not entries:
+        lines, _ = read_index_lines(self.cache_dir)  # every line's shard is one of the cache's own files
+        if not lines:
             raise ValueError(
                 f"teacher cache {str(self.cache_dir)!r} has no samples in {INDEX_FILE}; "
                 f"run scfm generate-data --out {self.cache_dir} to fill it"
             )
-        missing = sorted({e["shard"] for e in entries if not (self.cache_dir / e["shard"]).is_file()})
-        if missing:
-            raise ValueError(
-                f"teacher cache {str(self.cache_dir)!r} lists shards that do not exist ({missing[:3]}); "
-                "rerun scfm generate-data on it to repair"
-            )
+        self.keys = self._check_rows(lines)
         rows: dict[str, list[tuple[str, int]]] = defaultdict(list)
-        for entry in entries:
-            rows[entry["bucket"]].append((entry["shard"], int(entry["row"])))
+        for _, entry in lines:
+            rows[entry["bucket"]].append((entry["shard"], entry["row"]))
         self.buckets = sorted(rows)
         self.rows = [rows[b] for b in self.buckets]
         self.weights = torch.tensor([len(r) for r in self.rows], dtype=torch.float64)
         shared_file = self.cache_dir / SHARED_FILE
+        if shared_file.exists() and not shared_file.resolve().is_relative_to(self.cache_dir.resolve()):
+            raise ValueError(
+                f"{str(shared_file)!r} links to {str(shared_file.resolve())!r}, outside the cache; "
+                "regenerate the cache in a new folder"
+            )
         self.shared = load_safetensors(shared_file) if shared_file.is_file() else {}
         if guidance_range is not None and not 0 <= guidance_range[0] <= guidance_range[1]:
             raise ValueError(f"guidance_range={guidance_range} must satisfy 0 <= low <= high")
         self.guidance_range = guidance_range
         self._handles: dict[str, Any] = {}
-        self.keys = self._shard(self.rows[0][0][0]).keys()
+
+    def _check_rows(self, lines: list[tuple[int, dict[str, Any]]]) -> list[str]:
+        """Check every index line against its shard's header; returns the tensor names every shard holds.
+
+        Each line's shard must exist and hold the same tensors as the others, with one row count
+        and (per bucket) one latent shape, and the line's row must be within that count and hold
+        the line's id. Raises ``ValueError`` naming the index line.
+        """
+        index = self.cache_dir / INDEX_FILE
+        fix = f"rerun scfm generate-data on {str(self.cache_dir)!r} to repair the cache"
+        headers: dict[str, tuple[dict[str, list[int]], list[str]]] = {}
+        keys: list[str] | None = None
+        latent: dict[str, list[int]] = {}
+        for number, entry in lines:
+            where, shard, row = f"{index}:{number}", entry["shard"], entry["row"]
+            if shard not in headers:
+                path = self.cache_dir / shard
+                if not path.is_file():
+                    raise ValueError(f"{where}: shard {shard!r} does not exist; {fix}")
+                shapes, _ = read_shard_header(path)
+                counts = sorted({shape[0] if shape else 0 for shape in shapes.values()})
+                if "x0" not in shapes or len(counts) != 1:
+                    raise ValueError(
+                        f"{where}: shard {shard!r} holds tensors {sorted(shapes)} with row counts {counts}; a cache "
+                        f"shard holds 'x0' and the cond tensors, all with one row per sample; {fix}"
+                    )
+                if keys is not None and sorted(shapes) != keys:
+                    raise ValueError(
+                        f"{where}: shard {shard!r} holds tensors {sorted(shapes)}, the other shards {keys}; {fix}"
+                    )
+                keys = sorted(shapes)
+                headers[shard] = (shapes, read_shard_ids(path))
+            shapes, ids = headers[shard]
+            if row >= shapes["x0"][0]:
+                raise ValueError(
+                    f"{where}: row {row} is out of range: shard {shard!r} holds {shapes['x0'][0]} rows; {fix}"
+                )
+            if ids and (len(ids) <= row or ids[row] != entry["id"]):
+                raise ValueError(f"{where}: row {row} of shard {shard!r} is not sample {entry['id']!r}; {fix}")
+            expected = latent.setdefault(entry["bucket"], shapes["x0"][1:])
+            if shapes["x0"][1:] != expected:
+                raise ValueError(
+                    f"{where}: shard {shard!r} holds latents of shape {shapes['x0'][1:]} for bucket "
+                    f"{entry['bucket']!r}, other shards {expected}; {fix}"
+                )
+        return keys or []
 
     def __len__(self) -> int:
         """Samples in the cache."""
@@ -102,7 +156,13 @@ class CacheBatches(GeneratorSource):
         for shard, row in picks:
             handle = self._shard(shard)
             for key in self.keys:
-                out[key].append(handle.get_slice(key)[row : row + 1])
+                part = handle.get_slice(key)[row : row + 1]
+                if part.shape[0] != 1:  # checked at construction; the file changed since
+                    raise ValueError(
+                        f"shard {shard!r} of cache {str(self.cache_dir)!r} has no row {row} of {key!r} (it changed "
+                        "after the cache was opened); rerun scfm generate-data on it to repair"
+                    )
+                out[key].append(part)
         return {key: torch.cat(values) for key, values in out.items()}
 
     def next_batch(self) -> dict[str, torch.Tensor]:
