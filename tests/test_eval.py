@@ -138,3 +138,12 @@ def test_plots_write_valid_png_files(tmp_path):
     for p in paths:
         assert p.read_bytes()[:8] == PNG_MAGIC
     assert sorted(f.name for f in tmp_path.iterdir()) == ["cmp.png", "grid.png", "q.png", "s.png"]
+
+
+def test_evaluator_with_the_heldout_reference_scores_the_heldout_digits_near_zero_and_train_above():
+    heldout = load_digits_split("heldout").images
+    against_heldout = DigitsEvaluator(reference="heldout")
+    assert against_heldout.evaluate(heldout).fd < 1e-6
+    assert DigitsEvaluator().evaluate(heldout).fd > 1.0  # the train reference: the FD floor
+    with pytest.raises(ValueError, match="reference='test' must be 'train' or 'heldout'"):
+        DigitsEvaluator(reference="test")
