@@ -339,3 +339,31 @@ def test_adapter_runs_a_bf16_transformer_on_float32_latents():
     with torch.no_grad():
         v = adapter(x, t, **flux_cond(2))
     assert v.dtype == torch.float32 and v.shape == x.shape and torch.isfinite(v).all()
+
+
+def test_scfm_sample_of_a_diffusers_adapter_defaults_to_the_family_shift():
+    adapter = FluxAdapter(tiny_flux()).eval()
+    noise, cond = latents(2)[0], flux_cond(2)
+    default = scfm.sample(adapter, noise, steps=2, **cond)
+    torch.testing.assert_close(default, scfm.sample(adapter, noise, steps=2, shift=FluxAdapter.default_shift, **cond))
+    assert not torch.allclose(default, scfm.sample(adapter, noise, steps=2, shift=1.0, **cond))
+
+
+def test_pipeline_shift_is_the_family_default_a_number_or_the_resolution_shift():
+    from types import SimpleNamespace
+
+    from scfm.objective.grids import resolution_mu
+    from scfm.pipelines.sampling import resolve_shift
+
+    pipe = SimpleNamespace(
+        default_sample_size=64, vae_scale_factor=8, transformer=SimpleNamespace(config=SimpleNamespace(patch_size=2))
+    )
+    assert (FluxAdapter.default_shift, SD3Adapter.default_shift, get_adapter("wan").default_shift) == (3.25, 3.0, 3.0)
+    assert resolve_shift(FluxAdapter, pipe, None, None, None) == 3.25
+    assert resolve_shift(SD3Adapter, pipe, 2.0, None, None) == 2.0
+    # 512 x 512 px: a 64 x 64 latent, 32 x 32 = 1024 tokens after Flux's 2 x 2 packing or SD3's patch 2
+    for cls in (FluxAdapter, SD3Adapter):
+        assert resolve_shift(cls, pipe, "auto", None, None) == pytest.approx(math.exp(resolution_mu(1024)))
+    assert resolve_shift(FluxAdapter, pipe, "auto", 1024, 1024) == pytest.approx(math.exp(resolution_mu(4096)))
+    with pytest.raises(ValueError, match="shift='fast' must be a number > 0 or 'auto'"):
+        resolve_shift(FluxAdapter, pipe, "fast", None, None)

@@ -576,6 +576,12 @@ def test_eval_teacher_is_the_base_pipeline_and_student_the_lora_with_per_prompt_
     torch.testing.assert_close(
         teacher_euler(prompts, 2, 5),
         sample_pipeline(
-            base, prompts, 2, generator=[torch.Generator().manual_seed(5 + j) for j in range(2)], height=32, width=32
+            base,
+            prompts,
+            2,
+            shift=1.0,
+            generator=[torch.Generator().manual_seed(5 + j) for j in range(2)],
+            height=32,
+            width=32,
         ),
     )

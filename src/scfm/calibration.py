@@ -116,7 +116,7 @@ def calibrate_against_teacher(
     cond: dict[str, Any],
     steps: Iterable[int] = (1, 2, 3, 4, 8),
     teacher_steps: int = 32,
-    shift: float = 1.0,
+    shift: float | None = None,
     search: ScaleSearch | None = None,
 ) -> ScaleCalibration:
     """LoRA scale per step count that brings the student's Euler samples closest (paired MSE) to the

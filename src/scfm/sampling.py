@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from scfm.distilled import DistilledModel
+from scfm.models.adapters import VelocityAdapter
 from scfm.objective.grids import time_grid
 from scfm.weights.lora import has_lora
 from scfm.weights.lora import lora_scale as scaled_lora
@@ -120,15 +121,16 @@ def sample(
     noise: torch.Tensor,
     steps: int = 4,
     solver: str = "euler",
-    shift: float = 1.0,
+    shift: float | None = None,
     lora_scale: float | None = None,
     generator: torch.Generator | None = None,
     **cond: Any,
 ) -> torch.Tensor:
     """Integrate ``noise`` [B, ...] from t = 1 to t = 0 in ``steps`` steps; returns x0 [B, ...].
 
-    ``shift`` applies the fixed shift to the grid; ``lora_scale`` multiplies the LoRA delta of
-    a distilled model (fewer steps often like 1-1.75); left None, a ``DistilledModel`` uses
+    ``shift`` applies the fixed shift to the grid (None: a diffusers adapter's ``default_shift``,
+    the shifted grids its family trains on; 1, no shift, for any other model); ``lora_scale``
+    multiplies the LoRA delta of a distilled model (fewer steps often like 1-1.75); left None, a ``DistilledModel`` uses
     its calibrated scale for ``steps`` (``lora_scales``) if it has one, else 1. ``generator``
     feeds the re-noising of the stochastic ``consistency`` solver (others ignore it). ``cond`` goes to every model call.
     A ``DistilledModel`` (from :func:`scfm.distill`) can be passed directly.
@@ -142,6 +144,9 @@ def sample(
         if not isinstance(model, nn.Module) or not has_lora(model):
             raise ValueError("lora_scale was given but the model has no LoRA layers")
         scale_ctx = scaled_lora(model, lora_scale)
+    if shift is None:
+        inner = model.model if distilled else model
+        shift = inner.default_shift if isinstance(inner, VelocityAdapter) else 1.0
     grid = time_grid(steps, shift, dtype=torch.float64)
     student_ctx = model.student_pass() if distilled else nullcontext()  # sampled as trained (baked CFG)
     was_training = model.training if isinstance(model, nn.Module) else False

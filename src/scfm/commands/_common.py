@@ -116,3 +116,26 @@ def check_positive(**values: int | None) -> None:
 
 def out_path(path: str | os.PathLike) -> Path:
     return Path(path).expanduser()
+
+
+def shift_value(text: str) -> float | str:
+    """``--shift``: a number > 0, or 'auto' (the resolution shift for the image size)."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'auto'") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0 (1 = no shift)")
+    return value
+
+
+def add_shift_flag(parser: argparse.ArgumentParser, name: str = "--shift", what: str = "the student's") -> None:
+    parser.add_argument(
+        name,
+        type=shift_value,
+        default=None,
+        help=f"fixed shift of {what} Euler grid, or 'auto' (the resolution shift for the image size); "
+        "default: the model family's (Flux 3.25, SD3 and Wan 3.0: the shifted grids students train on)",
+    )

@@ -25,10 +25,12 @@ from scfm.commands._common import (
     add_device_flag,
     add_dtype_flag,
     add_model_source_flags,
+    add_shift_flag,
     check_positive,
     device_and_dtype,
     new_command,
     resolve_model_source,
+    shift_value,
 )
 
 _DESCRIPTION = """\
@@ -75,9 +77,9 @@ def register(sub: Any) -> None:
     )
     e.add_argument(
         "--teacher-shift",
-        type=float,
+        type=shift_value,
         default=None,
-        help="grid shift of the teacher with --teacher-sampler euler (default: --shift)",
+        help="grid shift of the teacher with --teacher-sampler euler, or 'auto' (default: the student's shift)",
     )
     e.add_argument(
         "--no-teacher-baseline",
@@ -90,12 +92,7 @@ def register(sub: Any) -> None:
         default=1.0,
         help="LoRA scale of the student (default: 1.0; few steps often like 1-1.75)",
     )
-    e.add_argument(
-        "--shift",
-        type=float,
-        default=1.0,
-        help="fixed shift s of the student's Euler grid (default: 1.0 = none, as scfm sample)",
-    )
+    add_shift_flag(e)
     e.add_argument(
         "--guidance",
         type=float,
@@ -256,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
         "run": str(source.run) if source.run else None,
         "weights": source.weights if source.run else None,
         "lora_scale": args.lora_scale,
-        "shift": args.shift,
+        "shift": args.shift if args.shift is not None else "family default",
         "teacher_sampler": args.teacher_sampler,
         "teacher_shift": args.teacher_shift if args.teacher_sampler == "euler" else None,
         "guidance": args.guidance,

@@ -13,6 +13,7 @@ from scfm.commands._common import (
     add_device_flag,
     add_dtype_flag,
     add_model_source_flags,
+    add_shift_flag,
     check_positive,
     device_and_dtype,
     new_command,
@@ -30,7 +31,7 @@ def register(sub: Any) -> None:
     s.add_argument(
         "--lora-scale", type=float, default=1.0, help="LoRA scale (default 1.0; few steps often like 1-1.75)"
     )
-    s.add_argument("--shift", type=float, default=1.0, help="fixed shift of the time grid (default 1.0 = none)")
+    add_shift_flag(s)
     s.add_argument(
         "--guidance",
         type=float,

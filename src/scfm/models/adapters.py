@@ -138,6 +138,9 @@ class VelocityAdapter(nn.Module):
     an embedded guidance value (Flux.1-dev) or none."""
     default_guidance: ClassVar[float] = 3.5
     """Sampling guidance in scfm's convention: the embedded value, or the CFG w of true-CFG families."""
+    default_shift: ClassVar[float] = 1.0
+    """Fixed shift of the sampling grid the family's students are sampled with by default (matching the
+    shifted grids they are trained on); ``"auto"`` at sampling uses the resolution shift instead."""
 
     def __init__(self, transformer: nn.Module) -> None:
         super().__init__()
@@ -184,6 +187,16 @@ class VelocityAdapter(nn.Module):
     def passes_per_step(cls, guidance: float) -> int:
         """Transformer passes one sampling step costs at ``guidance``: 2 under true CFG with w > 0, else 1."""
         return 2 if cls.true_cfg and guidance > 0 else 1
+
+    @classmethod
+    def pipeline_seq_len(cls, pipe: Any, height: int | None, width: int | None) -> int:
+        """Image tokens the transformer sees at ``height`` x ``width`` pixels (None: the pipeline's
+        default size): the input of the resolution shift. Latent side / patch size, squared."""
+        patch = getattr(pipe.transformer.config, "patch_size", 1) or 1
+        patch = patch[-1] if isinstance(patch, (list, tuple)) else patch
+        side = pipe.default_sample_size * pipe.vae_scale_factor
+        h, w = (height or side) // pipe.vae_scale_factor, (width or side) // pipe.vae_scale_factor
+        return (h // patch) * (w // patch)
 
     @classmethod
     def pipeline_latents(cls, pipe: Any, latents: torch.Tensor, height: int | None, width: int | None) -> torch.Tensor:

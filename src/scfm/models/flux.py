@@ -128,6 +128,8 @@ class FluxAdapter(VelocityAdapter):
     default_lora_targets = FLUX_LORA_TARGETS
     recommended_config = {"lora.targets": FLUX_LORA_TARGETS, "grad_clip": 10.0, "lora.rank": 64, "lora.alpha": 64.0}
     cond_keys = ("prompt_embeds", "pooled_prompt_embeds", "guidance")
+    default_shift = 3.25
+    """The official SCFM Flux inference app's fixed shift (its training grids: s ~ U[2.5, 4.5])."""
     draw_guidance = staticmethod(draw_guidance)
     with_guidance = staticmethod(with_guidance)
 
@@ -225,6 +227,13 @@ class FluxAdapter(VelocityAdapter):
             return_dict=False,
         )[0]
         return pipe._unpack_latents(packed, height, width, pipe.vae_scale_factor).float()
+
+    @classmethod
+    def pipeline_seq_len(cls, pipe: Any, height: int | None, width: int | None) -> int:
+        """Image tokens (h/2) * (w/2) of the packed latent: what FluxPipeline feeds ``calculate_shift``."""
+        side = pipe.default_sample_size * pipe.vae_scale_factor
+        h, w = (height or side) // pipe.vae_scale_factor, (width or side) // pipe.vae_scale_factor
+        return (h // 2) * (w // 2)
 
     @classmethod
     def pipeline_latents(cls, pipe: Any, latents: torch.Tensor, height: int | None, width: int | None) -> torch.Tensor:

@@ -95,6 +95,8 @@ class SD3Adapter(TrueCFG, VelocityAdapter):
         "lora.alpha": 64.0,
     }
     cond_keys = ("prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")
+    default_shift = 3.0
+    """SD3's own scheduler shift and the official SCFM SD3 inference app's."""
 
     def __init__(self, transformer: torch.nn.Module, guidance_scale: float = 3.5, cfg_mode: str = "runtime") -> None:
         super().__init__(transformer)

@@ -154,6 +154,8 @@ class WanAdapter(TrueCFG, VelocityAdapter):
     }
     cond_keys = ("prompt_embeds", "negative_prompt_embeds")
     latent_ndim = 5
+    default_shift = 3.0
+    """Wan 2.1's flow_shift at 480p (inside the training range U[2.5, 4.5])."""
 
     default_negative_prompt: ClassVar[str] = ""
     """Negative prompt of the pipeline hooks when none is given (the spec's empty prompt)."""

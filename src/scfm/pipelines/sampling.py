@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -34,7 +35,7 @@ from typing import Any
 import torch
 
 from scfm.models.adapters import VelocityAdapter, adapter_for_pipeline, is_flow_matching_scheduler
-from scfm.objective.grids import time_grid
+from scfm.objective.grids import resolution_mu, time_grid
 
 OUTPUTS = ("images", "latents")
 
@@ -87,6 +88,20 @@ def pipeline_guidance_kwargs(adapter_cls: type[VelocityAdapter], guidance: float
     return {"guidance_scale": adapter_cls.pipeline_guidance_scale(g)}
 
 
+def resolve_shift(
+    adapter_cls: type[VelocityAdapter], pipe: Any, shift: float | str | None, height: int | None, width: int | None
+) -> float:
+    """The fixed shift of the sampling grid: ``None`` -> the family's ``default_shift``; ``"auto"`` ->
+    the resolution shift ``e^mu`` for the image's token count (SCFM_SPEC "Time grids"); a number as is."""
+    if shift is None:
+        return float(adapter_cls.default_shift)
+    if shift == "auto":
+        return math.exp(resolution_mu(adapter_cls.pipeline_seq_len(pipe, height, width)))
+    if isinstance(shift, str) or not shift > 0:
+        raise ValueError(f"shift={shift!r} must be a number > 0 or 'auto' (the resolution shift)")
+    return float(shift)
+
+
 def lora_scale_kwargs(pipe: Any, scale: float) -> dict[str, dict[str, float]]:
     """The pipeline's attention-kwargs argument carrying the LoRA scale (``joint_attention_kwargs``: Flux, SD3)."""
     params = inspect.signature(type(pipe).__call__).parameters
@@ -102,7 +117,7 @@ def sample_pipeline(
     prompts: list[str],
     steps: int,
     lora_scale: float = 1.0,
-    shift: float = 1.0,
+    shift: float | str | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
     height: int | None = None,
     width: int | None = None,
@@ -120,7 +135,8 @@ def sample_pipeline(
         steps: Euler steps n >= 1 (= transformer calls; SD3 with CFG: doubled batch each).
         lora_scale: multiplies every LoRA delta of the transformer (1 = as trained; few-step
             samplers often like 1-1.75). No effect without a LoRA.
-        shift: fixed shift s of the grid (1 = the plain linspace grid).
+        shift: fixed shift s of the grid (1 = the plain linspace grid); None: the family's
+            ``default_shift`` (what its students are trained for); "auto": the resolution shift.
         generator: noise generator(s): one, or one per prompt (diffusers semantics; CPU
             generators make the noise device independent).
         height, width: image size in pixels (default: the pipeline's default size).
@@ -140,6 +156,7 @@ def sample_pipeline(
         raise ValueError("prompts must be a non-empty list of strings")
     adapter_cls = adapter_for_pipeline(pipe)
     params = inspect.signature(type(pipe).__call__).parameters
+    shift = resolve_shift(adapter_cls, pipe, shift, height, width)
     sigmas = time_grid(steps, shift, dtype=torch.float64)[:-1].tolist()  # the scheduler appends t = 0
     kwargs: dict[str, Any] = dict(
         prompt=list(prompts),
