@@ -147,7 +147,7 @@ def test_to_dict_then_from_dict_is_the_identity():
     cfg = DistillConfig.from_dict({**DOTTED, "lora.targets": ["a", "b"], "plan.self_grids": [2, 4], "extra": {"k": 1}})
     assert DistillConfig.from_dict(cfg.to_dict()) == cfg
     assert DistillConfig.from_dict(DistillConfig().to_dict()) == DistillConfig()
-    assert set(cfg.to_dict()["lora"]) == {"targets", "rank", "alpha", "dropout", "exclude"}
+    assert set(cfg.to_dict()["lora"]) == {"targets", "rank", "alpha", "dropout", "exclude", "init"}
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,16 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--resume", default=None, help="'latest' (newest good checkpoint in output_dir) or a checkpoint folder"
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="output_dir holds another run: move it aside to <output_dir>.old-<UTC time> (nothing is deleted)",
+    )
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: continue with config values that differ from the checkpoint's (printed)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -38,20 +48,30 @@ def _process_device() -> torch.device:
 
 def run(args: argparse.Namespace) -> int:
     from scfm.train.engine import world
-    from scfm.train.loop import distill
+    from scfm.train.loop import claim_output_dir, distill
     from scfm.train.sources import build_data, build_teacher, is_diffusers_teacher
     from scfm.train.yaml_config import load_config
 
     config = load_config(args.config, args.set)  # every field validated before any work
     device = torch.device(config.device) if config.device != "auto" else _process_device()
     config.device = str(device)
+    rank, size = world()
+    if config.output_dir and args.resume is None and not args.overwrite and rank == 0:
+        claim_output_dir(config.output_dir)  # another run's folder stops here, before any weights load
     data = build_data(config)  # a cache is checked before any weight loads
     teacher = build_teacher(config, device)
     on_validate = None if is_diffusers_teacher(config) else validation_fn(config)
-    rank, size = world()
     if rank == 0:
         print(f"scfm distill: {size} process(es), device {device}, global batch {config.batch_size}")
-    distill(teacher, data, config, resume=args.resume, on_validate=on_validate)
+    distill(
+        teacher,
+        data,
+        config,
+        resume=args.resume,
+        on_validate=on_validate,
+        overwrite=args.overwrite,
+        allow_config_change=args.allow_config_change,
+    )
     if config.output_dir and rank == 0:
         print(f"wrote the LoRA, both EMAs and checkpoints to {config.output_dir}")
     return 0

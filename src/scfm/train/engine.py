@@ -48,6 +48,40 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, final_ratio: fl
     return final_ratio + (1.0 - final_ratio) * decay
 
 
+NON_FINITE_PARTS = {
+    "data": "the data batch ({key} holds nan/inf)",
+    "teacher": "the teacher's output (the teacher-branch targets, LoRA off)",
+    "fast_ema": "the fast EMA's output (the self-distillation targets)",
+    "slow_ema": "the slow EMA's output (the second half of every shortcut target)",
+    "prediction": "the student's prediction",
+    "loss": "the loss (the student's prediction and every target were finite)",
+    "gradient": "the gradients (the loss was finite)",
+    "other_rank": "another process's batch (its own message names the cause)",
+}
+"""What a non-finite step's message can blame, by the keys of ``Distiller._non_finite_parts``."""
+_EMA_FIX = (
+    "The EMA LoRA weights have diverged: resume from the last checkpoint with a lower lr (now {lr}) "
+    "or grad_clip (now {grad_clip}), or set nan_policy=skip"
+)
+_STUDENT_FIX = (
+    "Lower lr (now {lr}) or grad_clip (now {grad_clip}), avoid fp16 (mixed_precision=bf16), or set nan_policy=skip"
+)
+NON_FINITE_FIXES = {
+    "data": "Check the data: every x0 and cond tensor must be finite",
+    "teacher": (
+        "Lowering lr does not help here: check the teacher's weights and precision "
+        "(fp16 overflows: try model_dtype / target_precision bf16 or no), or set nan_policy=skip"
+    ),
+    "fast_ema": _EMA_FIX,
+    "slow_ema": _EMA_FIX,
+    "prediction": _STUDENT_FIX,
+    "loss": _STUDENT_FIX,
+    "gradient": _STUDENT_FIX,
+    "other_rank": "See the other process's message",
+}
+"""The advice each part of :data:`NON_FINITE_PARTS` gets."""
+
+
 class Distiller:
     """Holds the one base model with LoRA, both EMAs, optimizer, schedule and generators.
 
@@ -61,11 +95,11 @@ class Distiller:
         if config.flush_denormal and device.type == "cpu":
             torch.set_flush_denormal(True)
         self.model = attach_lora(model, config.lora)
-        init_lora(self.model, torch.Generator().manual_seed(config.seed))
+        init_lora(self.model, torch.Generator().manual_seed(config.seed), config.lora.init)
         named = lora_named_parameters(self.model)
         self.names = [_strip(n) for n, _ in named]
         self.params = [p for _, p in named]
-        self.ema = FastSlowEMA(self.names, self.params, config.fast_decay, config.slow_decay)
+        self.ema = FastSlowEMA(self.names, self.params, config.fast_decay, config.slow_decay, config.ema_init)
         self.step_fn = STEP_CLASSES[config.objective](
             self.model, self.params, self.ema, config.plan, config.mixed_precision, config.target_precision
         )
@@ -77,6 +111,8 @@ class Distiller:
         self.step = 0
         self.skipped = 0
         self.history: list[dict[str, Any]] = []
+        self.checkpoint: str | None = None
+        """The newest checkpoint written or resumed from (the loop sets it); error messages name it."""
 
     def _lr_factor(self, step: int) -> float:
         c = self.config
@@ -138,12 +174,13 @@ class Distiller:
             p.grad = flat[offset : offset + n].view_as(p).clone()
             offset += n
 
-    def _all_reduce_flag(self, bad: bool) -> bool:
+    def any_rank(self, flag: bool) -> bool:
+        """True when ``flag`` is true on any process (one all-reduce; no communication with one process)."""
         if self.world_size == 1:
-            return bad
-        flag = torch.tensor([1.0 if bad else 0.0], device=self.device)
-        dist.all_reduce(flag)
-        return bool(flag.item() > 0)
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(value)
+        return bool(value.item() > 0)
 
     def train_step(self, batches: list[dict]) -> dict[str, float] | None:
         """One optimizer step over ``len(batches)`` accumulated global batches.
@@ -152,6 +189,7 @@ class Distiller:
         (``nan_policy='skip'``). Raises ``FloatingPointError`` for ``nan_policy='stop'``.
         """
         self.opt.zero_grad(set_to_none=True)
+        self.step_fn.reset_watch()
         totals = None
         for batch in batches:
             loss, stats = self.micro_loss(batch)
@@ -159,14 +197,14 @@ class Distiller:
             stacked = torch.stack([v.float() for v in stats.values()]) / len(batches)
             totals = stacked if totals is None else totals + stacked
         sums = dict(zip(stats.keys(), totals.tolist()))  # one device sync per step for all stats
-        if self._all_reduce_flag(not math.isfinite(sums["loss"])):
-            return self._non_finite(sums["loss"])
+        if self.any_rank(not math.isfinite(sums["loss"])):
+            return self._non_finite("loss", sums["loss"], self._non_finite_parts(batches, sums["loss"]))
         self._all_reduce_grads()
         self.scaler.unscale_(self.opt)
         clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
-        if self._all_reduce_flag(not math.isfinite(grad_norm)) and self.config.mixed_precision != "fp16":
-            return self._non_finite(grad_norm, what="gradient norm")
+        if self.any_rank(not math.isfinite(grad_norm)) and self.config.mixed_precision != "fp16":
+            return self._non_finite("gradient norm", grad_norm, ["gradient"])
         self.scaler.step(self.opt)
         self.scaler.update()
         self.sched.step()
@@ -177,18 +215,46 @@ class Distiller:
         record = {"step": self.step, **sums, "grad_norm": grad_norm, "lr": self.sched.get_last_lr()[0]}
         return record
 
-    def _non_finite(self, value: float, what: str = "loss") -> None:
+    def _non_finite_parts(self, batches: list[dict], loss: float) -> list[str]:
+        """Keys of :data:`NON_FINITE_PARTS` that went non-finite in this step, in causal order (one
+        device sync; called only when the loss is not finite)."""
+        parts = []
+        for batch in batches:
+            for key, value in batch.items():
+                if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+                    parts.append(f"data:{key}")
+        parts = list(dict.fromkeys(parts))
+        watch = self.step_fn.watch
+        parts += [name for name in ("teacher", "fast_ema", "slow_ema", "prediction") if name in watch and watch[name]]
+        if not parts:
+            parts.append("loss" if not math.isfinite(loss) else "other_rank")
+        return parts
+
+    def _non_finite(self, what: str, value: float, parts: list[str]) -> None:
+        """Drop this step's gradients; raise ``FloatingPointError`` (nan_policy 'stop', or too many
+        skipped steps) with a message naming what went non-finite first, or count the skip."""
         self.opt.zero_grad(set_to_none=True)
+        first = parts[0]
+        cause = NON_FINITE_PARTS[first.split(":")[0]].format(key=first.partition(":")[2])
+        later = [NON_FINITE_PARTS[p.split(":")[0]].format(key=p.partition(":")[2]) for p in parts[1:]]
+        cause += f" (and downstream: {'; '.join(later)})" if later else ""
+        fix = NON_FINITE_FIXES[first.split(":")[0]].format(lr=self.config.lr, grad_clip=self.config.grad_clip)
+        kept = (
+            f"the last checkpoint is intact: {self.checkpoint}"
+            if self.checkpoint
+            else "no checkpoint was written yet"
+            + ("" if self.config.output_dir else " (output_dir is None: this run writes none)")
+        )
         if self.config.nan_policy == "stop":
             raise FloatingPointError(
-                f"{what} is {value} at step {self.step + 1}: stopping (the last checkpoint is intact). "
-                f"Lower lr (now {self.config.lr}) or grad_clip, check the data, or set nan_policy=skip"
+                f"{what} is {value} at step {self.step + 1}: non-finite first in {cause}. Stopping; {kept}. {fix}"
             )
         self.skipped += 1
         if self.skipped > self.config.max_skipped_steps:
             raise FloatingPointError(
                 f"{self.skipped} steps skipped for non-finite {what} "
-                f"(max_skipped_steps={self.config.max_skipped_steps}); stopping"
+                f"(max_skipped_steps={self.config.max_skipped_steps}; the last at step {self.step + 1}, "
+                f"non-finite first in {cause}). Stopping; {kept}. {fix}"
             )
         return None
 
@@ -218,9 +284,23 @@ class Distiller:
 
     @torch.no_grad()
     def load_state_groups(self, groups: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any]) -> None:
+        """Restore everything :meth:`state_groups` saved; ``ValueError`` when the LoRA tensors do not fit
+        this model (names or shapes)."""
         lora = groups["lora"]
         if set(lora) != set(self.names):
-            raise ValueError("checkpoint LoRA does not match this model/config (different lora.targets or model?)")
+            only_ckpt, only_model = sorted(set(lora) - set(self.names)), sorted(set(self.names) - set(lora))
+            raise ValueError(
+                "the checkpoint's LoRA tensors do not match this model: "
+                f"{len(only_ckpt)} only in the checkpoint (e.g. {only_ckpt[:2]}), "
+                f"{len(only_model)} only in the model (e.g. {only_model[:2]}); "
+                "was it made for another teacher or other lora.targets?"
+            )
+        for name, param in zip(self.names, self.params):
+            if lora[name].shape != param.shape:
+                raise ValueError(
+                    f"the checkpoint's LoRA tensor {name} has shape {tuple(lora[name].shape)}, this model's "
+                    f"{tuple(param.shape)}: was it made for another teacher or another lora.rank?"
+                )
         torch._foreach_copy_(self.params, [lora[n].to(self.device) for n in self.names])
         self.ema.load_state_dict({k: v.to(self.device) for k, v in groups["ema"].items()})
         optimizer_from_tensors(
@@ -232,12 +312,36 @@ class Distiller:
             meta["optimizer"],
         )
         self.sched.load_state_dict(meta["scheduler"])
-        self.scaler.load_state_dict(meta["scaler"])
-        self.plan_gen.set_state(groups["rng"]["plan"])
-        self.noise_gen.set_state(groups["rng"]["noise"])
+        if meta["scaler"] or not self.scaler.is_enabled():  # a checkpoint without fp16 has no loss scale yet
+            self.scaler.load_state_dict(meta["scaler"])
         self.step = int(meta["step"])
         self.skipped = int(meta.get("skipped", 0))
         self.history = list(meta.get("history", []))
+        self.plan_gen.set_state(groups["rng"]["plan"])
+        try:
+            self.noise_gen.set_state(groups["rng"]["noise"])
+        except RuntimeError:  # a generator state of another device type (the run moved between cpu and cuda)
+            self.noise_gen.manual_seed(self.config.seed + 1 + self.step)
+            print(
+                f"note: the checkpoint's noise generator cannot move to {self.device.type}; restarted it from "
+                f"seed {self.config.seed} + 1 + step {self.step} (the noise differs from an unmoved run's from here)"
+            )
+        self.follow_config()
+
+    def follow_config(self) -> None:
+        """Point the optimizer and the schedule at this config's ``lr``, ``weight_decay`` and schedule at
+        the current step (after a resume whose config changed them; a no-op when nothing changed)."""
+        factor = self._lr_factor(self.sched.last_epoch)
+        for group in self.opt.param_groups:
+            group["initial_lr"] = self.config.lr
+            group["lr"] = self.config.lr * factor
+            group["weight_decay"] = self.config.weight_decay
+        self.sched.base_lrs = [self.config.lr] * len(self.opt.param_groups)
+
+    def restart_generators(self) -> None:
+        """Seed the plan and noise generators from ``config.seed`` (a resume that changed the seed)."""
+        self.plan_gen.manual_seed(self.config.seed)
+        self.noise_gen.manual_seed(self.config.seed + 1)
 
     def result(self) -> DistilledModel:
         weights = {

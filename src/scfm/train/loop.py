@@ -1,12 +1,22 @@
 """``scfm.distill``: the training loop, short and boring. The state lives in
-:class:`~scfm.train.engine.Distiller`; this file feeds it batches, logs, checkpoints."""
+:class:`~scfm.train.engine.Distiller`; this file feeds it batches, logs, checkpoints, and guards
+the run: a run folder holds one run, a resume keeps the checkpoint's config (or says what changes),
+SIGINT / SIGTERM stop at a step boundary with an exact checkpoint, and the result is saved first."""
 
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
@@ -14,13 +24,38 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from scfm.distilled import DistilledModel
+from scfm.distilled import CONFIG_FILE, LORA_FILE, WEIGHT_FILES, DistilledModel
 from scfm.fileio import atomic_write_text
-from scfm.train.checkpoint import resolve_resume, save_checkpoint
+from scfm.train.checkpoint import (
+    PREFIX,
+    RESUMABLE_FIELDS,
+    checkpoint_path,
+    checkpoint_root,
+    config_changes,
+    list_checkpoints,
+    resolve_resume,
+    save_checkpoint,
+)
 from scfm.train.config import DistillConfig
 from scfm.train.engine import Distiller, world
 from scfm.train.run_log import RunLogger
 from scfm.weights.lora import attach_lora, has_lora, matching_modules
+
+RUN_ENTRIES = (
+    "checkpoints",
+    "config.yaml",
+    "metrics.jsonl",
+    CONFIG_FILE,
+    LORA_FILE,
+    *WEIGHT_FILES.values(),
+    "tensorboard",
+    "validation",
+    "wandb",
+)
+"""Entries of an ``output_dir`` that a run writes: a folder holding any of them belongs to a run."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""Signals that stop training at the next step boundary with an exact checkpoint."""
+RESUME_HINT = "resume='latest' (CLI --resume latest)"
 
 
 def resolve_device(name: str, model: nn.Module) -> torch.device:
@@ -54,6 +89,8 @@ def check_batch(batch: Any, teacher: nn.Module, device: torch.device) -> None:
                 f"data[{key!r}] has batch size {value.shape[0]} but x0 has {x0.shape[0]}; "
                 "every tensor must share the batch dim (or have size 1 to broadcast)"
             )
+    if not torch.isfinite(x0).all():
+        raise ValueError("data x0 of the first batch holds nan/inf; every x0 must be finite")
     probe = {k: (v[:1].to(device) if isinstance(v, torch.Tensor) and v.dim() > 0 else v) for k, v in batch.items()}
     x = probe.pop("x0")
     try:
@@ -69,27 +106,130 @@ def check_batch(batch: Any, teacher: nn.Module, device: torch.device) -> None:
             f"teacher returned {getattr(v, 'shape', type(v).__name__)} for x0[:1] of shape {tuple(x.shape)}; "
             "the velocity must have x's shape"
         )
+    if not torch.isfinite(v).all():
+        raise ValueError(
+            "the teacher returned nan/inf for x0[:1] of the first batch at t=0.5 (the input was finite): "
+            "check the teacher's weights and dtype (fp16 overflows) and its cond inputs"
+        )
 
 
 def _cycle(data: Iterable[dict], first_iter: Iterator[dict]) -> Iterator[dict]:
-    """Yield from ``first_iter``, then start new passes over ``data`` (finite loaders)."""
+    """Yield from ``first_iter``, then start new passes over ``data`` (finite loaders); ends when a
+    pass yields nothing (a one-shot iterator or generator: the loop warns that the data ran out)."""
     yield from first_iter
     while True:
-        again = iter(data)
-        if again is first_iter:
-            warnings.warn("data ran out (a one-shot iterator); training stops early", stacklevel=2)
-            return
         got = False
-        for batch in again:
+        for batch in iter(data):
             got = True
             yield batch
         if not got:
             return
 
 
+def claim_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> Path | None:
+    """Make sure a new run does not write into another run's folder.
+
+    A missing folder, or one holding none of :data:`RUN_ENTRIES`, is fine (returns None). A used
+    one raises ``FileExistsError`` listing the choices or, with ``overwrite``, is renamed to the
+    sibling ``<output_dir>.old-<UTC time>`` (nothing is deleted) and made anew; returns that sibling.
+    """
+    folder = Path(output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"output_dir={str(folder)!r} is a file; pass a folder")
+    used = [name for name in RUN_ENTRIES if (folder / name).exists()] if folder.is_dir() else []
+    if not used:
+        return None
+    if not overwrite:
+        raise FileExistsError(
+            f"output_dir={str(folder)!r} already holds a run ({', '.join(used)}). Continue it with {RESUME_HINT}, "
+            "pick another output_dir, or pass overwrite=True (CLI --overwrite) to move the old run aside to "
+            f"{str(folder)!r}.old-<UTC time> (nothing is deleted)"
+        )
+    folder = folder.resolve()
+    if Path.cwd().resolve().is_relative_to(folder):
+        raise ValueError(
+            f"output_dir={str(folder)!r} holds the current directory, so overwrite cannot move it aside; "
+            "run from another directory or pick another output_dir"
+        )
+    stamp = _utc_stamp()
+    aside = folder.with_name(f"{folder.name}.old-{stamp}")
+    for n in itertools.count(1):
+        if not aside.exists():
+            break
+        aside = folder.with_name(f"{folder.name}.old-{stamp}-{n}")
+    os.rename(folder, aside)  # one rename: nothing copied, nothing deleted
+    folder.mkdir(parents=True)
+    print(f"overwrite: moved the old run in {str(folder)!r} aside to {str(aside)!r}")
+    return aside
+
+
+def _utc_stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _set_aside_newer_checkpoints(output_dir: str, step: int) -> None:
+    """Move the checkpoints numbered past ``step`` (a continuation this resume replaces, or corrupt ones
+    it skipped) into ``checkpoints/set-aside-<UTC time>/``: keep_checkpoints prunes by step number, and
+    must never prune the resumed run's own checkpoints in their favour. Nothing is deleted."""
+    newer = [path for path in list_checkpoints(output_dir) if int(path.name[len(PREFIX) :]) > step]
+    if not newer:
+        return
+    folder = checkpoint_root(output_dir) / f"set-aside-{_utc_stamp()}"
+    folder.mkdir(exist_ok=True)
+    for path in newer:
+        os.rename(path, folder / path.name)
+    print(f"resume: moved the checkpoints past step {step} ({', '.join(p.name for p in newer)}) aside to {folder}")
+
+
+def _claim_on_all_ranks(output_dir: str, overwrite: bool, device: torch.device) -> None:
+    """:func:`claim_output_dir` on rank 0; every process raises when the folder is taken."""
+    rank, size = world()
+    error: Exception | None = None
+    if rank == 0:
+        try:
+            claim_output_dir(output_dir, overwrite)
+        except (FileExistsError, NotADirectoryError, ValueError) as err:
+            error = err
+    if size > 1:
+        flag = torch.tensor([1.0 if error else 0.0], device=device)
+        dist.all_reduce(flag)
+        if flag.item() > 0 and error is None:
+            error = FileExistsError(f"output_dir={output_dir!r} cannot take a new run (see the first process)")
+    if error is not None:
+        raise error
+
+
+@dataclass
+class _Resume:
+    """A checkpoint to resume from: its tensor groups, state, folder and the config fields that change."""
+
+    groups: dict[str, dict[str, torch.Tensor]]
+    meta: dict[str, Any]
+    path: Path
+    changes: list[tuple[str, Any, Any]]
+
+    def inside(self, output_dir: str | None) -> bool:
+        """Whether the checkpoint is one of ``output_dir``'s (the run continues in its own folder)."""
+        return output_dir is not None and self.path.resolve().parent == checkpoint_root(output_dir).resolve()
+
+
+def _open_resume(config: DistillConfig, resume: str, allow_config_change: bool) -> _Resume:
+    """Read the checkpoint ``resume`` names and compare its config with ``config`` (raises on a conflict)."""
+    if config.output_dir is None and resume == "latest":
+        raise ValueError("resume='latest' needs output_dir (where the checkpoints are)")
+    groups, meta, path = resolve_resume(config.output_dir, resume)
+    changes = config_changes(meta["config"], config, allow_config_change)
+    if world()[0] == 0:
+        for name, old, new in changes:
+            how = "may change on resume" if name in RESUMABLE_FIELDS else "allow_config_change"
+            print(f"resume: {name} {old!r} -> {new!r} ({how})")
+    return _Resume(groups, meta, path, changes)
+
+
 def _prepare_stream(
-    data, config: DistillConfig, engine: Distiller, resume: str | None, teacher: nn.Module, device
-) -> Iterator[dict]:
+    data: Iterable[dict], engine: Distiller, checkpoint: _Resume | None, teacher: nn.Module, device: torch.device
+) -> tuple[Iterator[dict], int]:
+    """(the batch stream, the number of batches already consumed); restores ``checkpoint`` into ``engine``."""
     batches = iter(data)
     try:
         first = next(batches)
@@ -97,33 +237,128 @@ def _prepare_stream(
         raise ValueError("data yielded no batch; pass an iterable of {'x0': tensor, ...} dicts") from None
     check_batch(first, teacher, device)
     stream = _cycle(data, itertools.chain([first], batches))
-    if resume is None:
-        return stream
-    if config.output_dir is None and resume == "latest":
-        raise ValueError("resume='latest' needs output_dir (where the checkpoints are)")
-    groups, meta, path = resolve_resume(config.output_dir, resume)
-    engine.load_state_groups(groups, meta)
-    consumed = int(meta.get("batches_consumed", 0))
-    if "data" in groups and hasattr(data, "load_state_dict"):
-        data.load_state_dict(groups["data"])
+    if checkpoint is None:
+        return stream, 0
+    engine.load_state_groups(checkpoint.groups, checkpoint.meta)
+    if any(name == "seed" for name, _, _ in checkpoint.changes):
+        engine.restart_generators()
+    engine.checkpoint = str(checkpoint.path)
+    consumed = int(checkpoint.meta.get("batches_consumed", 0))
+    if "data" in checkpoint.groups and hasattr(data, "load_state_dict"):
+        data.load_state_dict(checkpoint.groups["data"])
         next(stream)  # drop the peeked batch: the restored source continues after `consumed`
-    else:
-        for _ in range(consumed):
-            next(stream)
-    print(f"resumed from {path} at step {engine.step}")
-    return stream
-
-
-def _save(engine: Distiller, data, config: DistillConfig, consumed: int) -> None:
-    if config.output_dir is None:
-        return
+    elif sum(1 for _ in itertools.islice(stream, consumed)) < consumed:
+        raise ValueError(
+            f"data ran out while skipping the {consumed} batches the checkpoint {str(checkpoint.path)!r} had "
+            "consumed; resume with the same data"
+        )
     if engine.rank == 0:
-        data_state = data.state_dict() if hasattr(data, "state_dict") else None
-        groups, meta = engine.state_groups(data_state)
-        meta["batches_consumed"] = consumed
-        save_checkpoint(config.output_dir, engine.step, groups, meta, keep=config.keep_checkpoints)
-    if world()[1] > 1:
-        dist.barrier()
+        print(f"resumed from {checkpoint.path} at step {engine.step}")
+    return stream, consumed
+
+
+def _trim_metrics(output_dir: str, step: int) -> None:
+    """Drop the records of ``metrics.jsonl`` past ``step`` (a resume redoes those steps)."""
+    path = Path(output_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line + "\n")
+    atomic_write_text(path, "".join(kept))
+
+
+@dataclass
+class _Progress:
+    """Where the loop is: batches consumed, whether the engine is at a step boundary, the state the
+    newest checkpoint holds, and why the loop ended early."""
+
+    consumed: int
+    at_boundary: bool = True
+    saved_at: tuple[int, int] | None = None
+    ran_out: bool = False
+    stop_agreed: bool = False
+
+
+class StopSignals:
+    """SIGINT / SIGTERM handlers while training (a context manager; installed in the main thread only).
+
+    The first signal sets ``signum``: the loop finishes the optimizer step under way, writes an exact
+    checkpoint and raises :func:`exit_exception`. A second signal raises it at once (``forced``).
+    The previous handlers are restored on exit.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.forced = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            self.forced = True
+            os.write(2, f"\nscfm: second {name}: stopping at once\n".encode())
+            raise exit_exception(signum)
+        self.signum = signum
+        os.write(2, f"\nscfm: {name}: stopping after the current step (send it again to stop at once)\n".encode())
+
+
+def exit_exception(signum: int) -> BaseException:
+    """What a stop signal ends the program with: ``KeyboardInterrupt`` for SIGINT (exit status 130 from
+    the CLI), ``SystemExit(128 + signum)`` otherwise (143 for SIGTERM)."""
+    return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
+
+
+def _state(engine: Distiller, data: Any, progress: _Progress, clone: bool = False) -> tuple[dict, dict]:
+    """The checkpoint's (tensor groups, state) at this step boundary; ``clone`` copies the live LoRA
+    tensors (for a checkpoint written after :meth:`Distiller.result` loads the final weights)."""
+    groups, meta = engine.state_groups(data.state_dict() if hasattr(data, "state_dict") else None)
+    if clone:
+        groups["lora"] = {name: tensor.detach().clone() for name, tensor in groups["lora"].items()}
+    meta["batches_consumed"] = progress.consumed
+    return groups, meta
+
+
+def _save(
+    engine: Distiller, data: Any, config: DistillConfig, progress: _Progress, state: tuple[dict, dict] | None = None
+) -> str | None:
+    """Checkpoint the state at this step boundary (or ``state``, taken there by :func:`_state`; every
+    process calls it, rank 0 writes) unless the newest checkpoint already holds it; returns the
+    checkpoint's folder (None without output_dir)."""
+    if config.output_dir is None:
+        return None
+    if progress.saved_at == (engine.step, progress.consumed):
+        return engine.checkpoint
+    try:
+        if engine.rank == 0:
+            groups, meta = state or _state(engine, data, progress)
+            save_checkpoint(config.output_dir, engine.step, groups, meta, keep=config.keep_checkpoints)
+    finally:
+        if world()[1] > 1:
+            dist.barrier()
+    engine.checkpoint = str(checkpoint_path(config.output_dir, engine.step))
+    progress.saved_at = (engine.step, progress.consumed)
+    return engine.checkpoint
+
+
+def _newest(engine: Distiller) -> str:
+    return f"the newest checkpoint is {engine.checkpoint}" if engine.checkpoint else "no checkpoint was written"
 
 
 def distill(
@@ -135,6 +370,8 @@ def distill(
     resume: str | None = None,
     on_log: Callable[[dict[str, Any], Distiller], None] | None = None,
     on_validate: Callable[[Distiller], None] | None = None,
+    overwrite: bool = False,
+    allow_config_change: bool = False,
 ) -> DistilledModel:
     """Shortcut ``teacher`` (``forward(x, t, **cond) -> v``, t = 1 is noise) with SCFM.
 
@@ -142,9 +379,14 @@ def distill(
     processes each trains on its slice). The teacher is modified in place: its weights are
     frozen and LoRA layers are added, so teacher, student and both EMAs share one copy of
     the base weights. With ``config.output_dir`` the run saves its config, checkpoints every
-    ``checkpoint_every`` steps and at the end (also on Ctrl-C), logs, and the final LoRA;
-    ``resume`` ('latest' or a checkpoint folder) continues a run exactly. Returns a
-    :class:`DistilledModel` whose LoRA carries ``config.final_weights``.
+    ``checkpoint_every`` steps and at the end, logs, and the final LoRA (written before the final
+    checkpoint). A folder that holds another run stops a new run before training unless
+    ``overwrite`` (the old run is moved aside, never deleted). ``resume`` ('latest' or a checkpoint
+    folder) continues a run exactly; a config that differs from the checkpoint's outside
+    :data:`~scfm.train.checkpoint.RESUMABLE_FIELDS` stops it unless ``allow_config_change``.
+    SIGINT / SIGTERM (main thread) finish the step under way, write an exact checkpoint and raise
+    ``KeyboardInterrupt`` / ``SystemExit(143)``. Returns a :class:`DistilledModel` whose LoRA carries
+    ``config.final_weights``.
     """
     config = (config or DistillConfig()).validate()
     if has_lora(teacher):
@@ -152,6 +394,15 @@ def distill(
     if not matching_modules(teacher, config.lora):
         attach_lora(teacher, config.lora)  # raises the error that lists the Linear names
     device = resolve_device(config.device, teacher)
+    checkpoint = _open_resume(config, resume, allow_config_change) if resume is not None else None
+    continuing = checkpoint is not None and checkpoint.inside(config.output_dir)
+    if overwrite and continuing:
+        raise ValueError(
+            f"overwrite=True with resume={resume!r}: the checkpoint is in output_dir={config.output_dir!r}, which "
+            "overwrite would move aside; drop overwrite to continue the run, or resume to start a new one"
+        )
+    if config.output_dir and not continuing:
+        _claim_on_all_ranks(config.output_dir, overwrite, device)
     teacher.to(device).eval()
     if config.gradient_checkpointing:
         if not hasattr(teacher, "enable_gradient_checkpointing"):
@@ -162,62 +413,156 @@ def distill(
         teacher.enable_gradient_checkpointing()
     seq_len_fn = getattr(teacher, "seq_len", None)
     engine = Distiller(teacher, config, device, seq_len_fn if callable(seq_len_fn) else None)
-    stream = _prepare_stream(data, config, engine, resume, teacher, device)
+    stream, consumed = _prepare_stream(data, engine, checkpoint, teacher, device)
     if config.compile:
         engine.model.forward = torch.compile(engine.model.forward)
-    logger = RunLogger(config) if config.output_dir and engine.rank == 0 else None
+    writer = config.output_dir is not None and engine.rank == 0
+    if writer and continuing:
+        _set_aside_newer_checkpoints(config.output_dir, engine.step)
+        _trim_metrics(config.output_dir, engine.step)
+    logger = RunLogger(config) if writer else None
     if logger is not None:
         from scfm.train.yaml_config import dump_config
 
         atomic_write_text(f"{config.output_dir}/config.yaml", dump_config(config))
-    consumed = engine.step * config.grad_accum
+    state = _Progress(consumed, saved_at=(engine.step, consumed) if checkpoint is not None else None)
+    return _train(engine, stream, data, config, state, logger, progress, on_log, on_validate)
+
+
+def _train(
+    engine: Distiller,
+    stream: Iterator[dict],
+    data: Any,
+    config: DistillConfig,
+    state: _Progress,
+    logger: RunLogger | None,
+    progress: bool,
+    on_log: Callable[[dict[str, Any], Distiller], None] | None,
+    on_validate: Callable[[Distiller], None] | None,
+) -> DistilledModel:
+    """Run the steps under :class:`StopSignals`, then save the result and the final checkpoint."""
     bar = tqdm(
         total=config.max_steps, initial=engine.step, desc="scfm distill", disable=not progress or engine.rank != 0
     )
+    say = print if engine.rank == 0 else (lambda *args, **kwargs: None)
+    with StopSignals() as stop:
+        try:
+            _steps(engine, stream, data, config, state, stop, bar, logger, on_log, on_validate)
+        except (KeyboardInterrupt, SystemExit):
+            if stop.forced or not state.at_boundary:  # a second signal, or an interrupt inside a step
+                when = f"after step {engine.step}" if state.at_boundary else f"during step {engine.step + 1}"
+                say(f"\nstopped at once {when}: no checkpoint of it; {_newest(engine)}", flush=True)
+            else:  # a KeyboardInterrupt from a callback, between steps: the state is exact
+                path = _save(engine, data, config, state)
+                where = f"exact checkpoint {path}" if path else "no checkpoint (output_dir is None)"
+                say(f"\ninterrupted after step {engine.step}; {where}; continue with {RESUME_HINT}", flush=True)
+            raise
+        finally:
+            bar.close()
+            if logger is not None:
+                logger.close()
+        if state.stop_agreed:
+            signum = stop.signum or signal.SIGTERM  # a process that saw no signal follows the others
+            path = _save(engine, data, config, state)
+            where = f"exact checkpoint {path}" if path else "no checkpoint (output_dir is None)"
+            say(
+                f"\n{signal.Signals(signum).name}: stopped after step {engine.step} of {config.max_steps}; {where}; "
+                f"continue with {RESUME_HINT}",
+                flush=True,
+            )
+            raise exit_exception(signum)
+        if state.ran_out:
+            warnings.warn(
+                f"data ran out at step {engine.step} of max_steps={config.max_steps} (a one-shot iterator or "
+                "generator gives one pass; pass a list or a DataLoader to cycle); saving the result of this step",
+                stacklevel=3,
+            )
+        result = _finish(engine, data, config, state)
+        if stop.signum is not None:  # the signal came in the last step or while saving: all is saved
+            say(f"\n{signal.Signals(stop.signum).name}: finished and saved all {engine.step} steps; stopping")
+            raise exit_exception(stop.signum)
+    return result
+
+
+def _steps(
+    engine: Distiller,
+    stream: Iterator[dict],
+    data: Any,
+    config: DistillConfig,
+    state: _Progress,
+    stop: StopSignals,
+    bar: Any,
+    logger: RunLogger | None,
+    on_log: Callable[[dict[str, Any], Distiller], None] | None,
+    on_validate: Callable[[Distiller], None] | None,
+) -> None:
+    """Optimizer steps until ``max_steps``, a stop signal (checked at each step boundary) or the end of the data."""
     last = time.perf_counter()
+    while engine.step < config.max_steps:
+        if engine.any_rank(stop.signum is not None):
+            state.stop_agreed = True
+            return
+        state.at_boundary = False
+        micro = list(itertools.islice(stream, config.grad_accum))
+        if len(micro) < config.grad_accum:
+            state.at_boundary, state.ran_out = True, True
+            return
+        record = engine.train_step(micro)
+        state.consumed += len(micro)
+        state.at_boundary = True
+        if record is None:
+            continue
+        bar.update(1)
+        if engine.step % config.log_every == 0 or engine.step == config.max_steps:
+            now = time.perf_counter()
+            record["samples_per_s"] = (
+                config.log_every * config.grad_accum * micro[0]["x0"].shape[0] / max(now - last, 1e-9)
+            )
+            record["skipped_steps"] = engine.skipped
+            last = now
+            engine.history.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+            if logger is not None:
+                logger.log(record)
+            if on_log is not None:
+                on_log(record, engine)
+        if on_validate is not None and config.validate_every and engine.step % config.validate_every == 0:
+            on_validate(engine)
+        if config.checkpoint_every and engine.step % config.checkpoint_every == 0 and engine.step < config.max_steps:
+            _save(engine, data, config, state)
+
+
+def _finish(engine: Distiller, data: Any, config: DistillConfig, progress: _Progress) -> DistilledModel:
+    """Save the result (the LoRA) into output_dir, then the final checkpoint. A failed checkpoint
+    write warns and keeps the result; a failed result write still tries the checkpoint, then raises."""
+    if config.output_dir is None:
+        return engine.result()
+    state = _state(engine, data, progress, clone=True) if engine.rank == 0 else None
+    result = engine.result()  # loads config.final_weights into the live LoRA tensors
+    result_error: OSError | None = None
+    if engine.rank == 0:
+        try:
+            result.save(config.output_dir)
+        except OSError as err:
+            result_error = err
     try:
-        while engine.step < config.max_steps:
-            micro = list(itertools.islice(stream, config.grad_accum))
-            if len(micro) < config.grad_accum:
-                break
-            consumed += len(micro)
-            record = engine.train_step(micro)
-            if record is None:
-                continue
-            bar.update(1)
-            if engine.step % config.log_every == 0 or engine.step == config.max_steps:
-                now = time.perf_counter()
-                record["samples_per_s"] = (
-                    config.log_every * config.grad_accum * micro[0]["x0"].shape[0] / max(now - last, 1e-9)
-                )
-                record["skipped_steps"] = engine.skipped
-                last = now
-                engine.history.append(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
-                if logger is not None:
-                    logger.log(record)
-                if on_log is not None:
-                    on_log(record, engine)
-            if on_validate is not None and config.validate_every and engine.step % config.validate_every == 0:
-                on_validate(engine)
-            if (
-                config.checkpoint_every
-                and engine.step % config.checkpoint_every == 0
-                and engine.step < config.max_steps
-            ):
-                _save(engine, data, config, consumed)
-    except KeyboardInterrupt:
-        _save(engine, data, config, consumed)
-        bar.close()
-        if logger is not None:
-            logger.close()
-        print(f"\ninterrupted at step {engine.step}; checkpoint written, resume with --resume latest")
-        raise
-    bar.close()
-    _save(engine, data, config, consumed)
-    result = engine.result()
-    if config.output_dir and engine.rank == 0:
-        result.save(config.output_dir)
-    if logger is not None:
-        logger.close()
+        _save(engine, data, config, progress, state)
+        checkpoint_error = None
+    except OSError as err:
+        checkpoint_error = err
+    if result_error is not None:
+        held = (
+            f"the final checkpoint {engine.checkpoint} holds the trained state: free the disk and run again with "
+            f"{RESUME_HINT} to write the result"
+            if checkpoint_error is None
+            else f"the final checkpoint failed too ({checkpoint_error}); {_newest(engine)}"
+        )
+        raise OSError(f"could not write the result to {config.output_dir!r} ({result_error}); {held}") from result_error
+    if checkpoint_error is not None and engine.rank == 0:
+        message = (
+            f"the result is saved in {config.output_dir!r}, but the final checkpoint could not be written "
+            f"({checkpoint_error}); {_newest(engine)} (training can continue from it with {RESUME_HINT})"
+        )
+        warnings.warn(message, stacklevel=4)
+        print(f"warning: {message}")
     return result

@@ -35,7 +35,12 @@ def autocast_context(device: torch.device, mixed_precision: str):
 
 class ShortcutStep:
     """Computes the SCFM loss for a batch with the student, both EMAs and the teacher
-    (LoRA off) of one model. ``params`` are the live LoRA parameters."""
+    (LoRA off) of one model. ``params`` are the live LoRA parameters.
+
+    ``watch`` maps each velocity source (``teacher``, ``fast_ema``, ``slow_ema``) and the student's
+    ``prediction`` to a bool device scalar: true once one of its outputs since :meth:`reset_watch`
+    held nan/inf. Kept without a device sync; read only when a loss is not finite.
+    """
 
     def __init__(
         self,
@@ -50,6 +55,18 @@ class ShortcutStep:
         self.switch = WeightSwitch(model, params)
         self.mixed_precision = mixed_precision
         self.target_precision = mixed_precision if target_precision == "same" else target_precision
+        self.watch: dict[str, torch.Tensor] = {}
+
+    def reset_watch(self) -> None:
+        """Forget the non-finite flags of earlier steps (the engine calls it at each optimizer step)."""
+        self.watch = {}
+
+    def _note(self, name: str, v: torch.Tensor) -> torch.Tensor:
+        """Record in ``watch[name]`` whether ``v`` holds nan/inf (no device sync); returns ``v``."""
+        bad = ~torch.isfinite(v).all()
+        seen = self.watch.get(name)
+        self.watch[name] = bad if seen is None else seen | bad
+        return v
 
     def _forward(
         self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, Any], precision: str | None = None
@@ -59,15 +76,15 @@ class ShortcutStep:
 
     def _teacher(self, x, t, cond):
         with self.switch.teacher():
-            return self._forward(x, t, cond, self.target_precision)
+            return self._note("teacher", self._forward(x, t, cond, self.target_precision))
 
     def _fast(self, x, t, cond):
         with self.switch.use(self.ema.fast):
-            return self._forward(x, t, cond, self.target_precision)
+            return self._note("fast_ema", self._forward(x, t, cond, self.target_precision))
 
     def _slow(self, x, t, cond):
         with self.switch.use(self.ema.slow):
-            return self._forward(x, t, cond, self.target_precision)
+            return self._note("slow_ema", self._forward(x, t, cond, self.target_precision))
 
     def sources(self) -> VelocitySources:
         return VelocitySources(teacher=self._teacher, fast=self._fast, slow=self._slow)
@@ -84,7 +101,7 @@ class ShortcutStep:
         x_t = interpolate(x0, eps, plan.t)
         target = shortcut_target(x_t, x0, eps, plan, cond, self.sources())
         with _student_pass(self.model):
-            pred = self._forward(x_t, plan.t, cond)
+            pred = self._note("prediction", self._forward(x_t, plan.t, cond))
         loss = scfm_loss(pred, target.target, plan)
         return StepOutput(
             loss=loss, residual=consistency_residual(target.first_velocity, target.target, plan), batch_size=x0.shape[0]
@@ -110,7 +127,7 @@ class ConsistencyStep(ShortcutStep):
         x_t = interpolate(x0, eps, plan.t)
         target = consistency_target(x_t, plan, cond, self._teacher, self._slow)
         with _student_pass(self.model):
-            pred = implied_x0(x_t, plan.t, self._forward(x_t, plan.t, cond))
+            pred = implied_x0(x_t, plan.t, self._note("prediction", self._forward(x_t, plan.t, cond)))
         rows = per_row_mse(pred, target)
         nan = torch.full((), float("nan"), device=x0.device)
         loss = ShortcutLoss(total=rows.mean(), teacher=rows.detach().mean(), self_=nan, fm=nan, per_row=rows.detach())
