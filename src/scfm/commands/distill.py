@@ -48,7 +48,8 @@ def _process_device() -> torch.device:
 
 def run(args: argparse.Namespace) -> int:
     from scfm.train.engine import world
-    from scfm.train.loop import claim_output_dir, distill
+    from scfm.train.loop import distill
+    from scfm.train.run_folder import claim_output_dir
     from scfm.train.sources import build_data, build_teacher, is_diffusers_teacher
     from scfm.train.yaml_config import load_config
 

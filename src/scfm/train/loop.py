@@ -6,17 +6,12 @@ SIGINT / SIGTERM stop at a step boundary with an exact checkpoint, and the resul
 from __future__ import annotations
 
 import itertools
-import json
-import os
 import signal
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import torch
@@ -24,38 +19,26 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from scfm.distilled import CONFIG_FILE, LORA_FILE, WEIGHT_FILES, DistilledModel
-from scfm.fileio import atomic_write_text
+from scfm.distilled import DistilledModel
+from scfm.fileio import atomic_write_json, atomic_write_text
 from scfm.train.checkpoint import (
-    PREFIX,
-    RESUMABLE_FIELDS,
     checkpoint_path,
-    checkpoint_root,
-    config_changes,
-    list_checkpoints,
-    resolve_resume,
     save_checkpoint,
 )
 from scfm.train.config import DistillConfig
 from scfm.train.engine import Distiller, world
-from scfm.train.run_log import RunLogger
-from scfm.weights.lora import attach_lora, has_lora, matching_modules
-
-RUN_ENTRIES = (
-    "checkpoints",
-    "config.yaml",
-    "metrics.jsonl",
-    CONFIG_FILE,
-    LORA_FILE,
-    *WEIGHT_FILES.values(),
-    "tensorboard",
-    "validation",
-    "wandb",
+from scfm.train.held_out import held_out_calibration
+from scfm.train.run_folder import (
+    RESUME_HINT,
+    ResumePoint,
+    claim_on_all_ranks,
+    open_resume,
+    set_aside_newer_checkpoints,
+    trim_metrics,
 )
-"""Entries of an ``output_dir`` that a run writes: a folder holding any of them belongs to a run."""
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-"""Signals that stop training at the next step boundary with an exact checkpoint."""
-RESUME_HINT = "resume='latest' (CLI --resume latest)"
+from scfm.train.run_log import RunLogger
+from scfm.train.signals import StopSignals, exit_exception
+from scfm.weights.lora import attach_lora, has_lora, matching_modules
 
 
 def resolve_device(name: str, model: nn.Module) -> torch.device:
@@ -126,108 +109,8 @@ def _cycle(data: Iterable[dict], first_iter: Iterator[dict]) -> Iterator[dict]:
             return
 
 
-def claim_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> Path | None:
-    """Make sure a new run does not write into another run's folder.
-
-    A missing folder, or one holding none of :data:`RUN_ENTRIES`, is fine (returns None). A used
-    one raises ``FileExistsError`` listing the choices or, with ``overwrite``, is renamed to the
-    sibling ``<output_dir>.old-<UTC time>`` (nothing is deleted) and made anew; returns that sibling.
-    """
-    folder = Path(output_dir)
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"output_dir={str(folder)!r} is a file; pass a folder")
-    used = [name for name in RUN_ENTRIES if (folder / name).exists()] if folder.is_dir() else []
-    if not used:
-        return None
-    if not overwrite:
-        raise FileExistsError(
-            f"output_dir={str(folder)!r} already holds a run ({', '.join(used)}). Continue it with {RESUME_HINT}, "
-            "pick another output_dir, or pass overwrite=True (CLI --overwrite) to move the old run aside to "
-            f"{str(folder)!r}.old-<UTC time> (nothing is deleted)"
-        )
-    folder = folder.resolve()
-    if Path.cwd().resolve().is_relative_to(folder):
-        raise ValueError(
-            f"output_dir={str(folder)!r} holds the current directory, so overwrite cannot move it aside; "
-            "run from another directory or pick another output_dir"
-        )
-    stamp = _utc_stamp()
-    aside = folder.with_name(f"{folder.name}.old-{stamp}")
-    for n in itertools.count(1):
-        if not aside.exists():
-            break
-        aside = folder.with_name(f"{folder.name}.old-{stamp}-{n}")
-    os.rename(folder, aside)  # one rename: nothing copied, nothing deleted
-    folder.mkdir(parents=True)
-    print(f"overwrite: moved the old run in {str(folder)!r} aside to {str(aside)!r}")
-    return aside
-
-
-def _utc_stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-
-
-def _set_aside_newer_checkpoints(output_dir: str, step: int) -> None:
-    """Move the checkpoints numbered past ``step`` (a continuation this resume replaces, or corrupt ones
-    it skipped) into ``checkpoints/set-aside-<UTC time>/``: keep_checkpoints prunes by step number, and
-    must never prune the resumed run's own checkpoints in their favour. Nothing is deleted."""
-    newer = [path for path in list_checkpoints(output_dir) if int(path.name[len(PREFIX) :]) > step]
-    if not newer:
-        return
-    folder = checkpoint_root(output_dir) / f"set-aside-{_utc_stamp()}"
-    folder.mkdir(exist_ok=True)
-    for path in newer:
-        os.rename(path, folder / path.name)
-    print(f"resume: moved the checkpoints past step {step} ({', '.join(p.name for p in newer)}) aside to {folder}")
-
-
-def _claim_on_all_ranks(output_dir: str, overwrite: bool, device: torch.device) -> None:
-    """:func:`claim_output_dir` on rank 0; every process raises when the folder is taken."""
-    rank, size = world()
-    error: Exception | None = None
-    if rank == 0:
-        try:
-            claim_output_dir(output_dir, overwrite)
-        except (FileExistsError, NotADirectoryError, ValueError) as err:
-            error = err
-    if size > 1:
-        flag = torch.tensor([1.0 if error else 0.0], device=device)
-        dist.all_reduce(flag)
-        if flag.item() > 0 and error is None:
-            error = FileExistsError(f"output_dir={output_dir!r} cannot take a new run (see the first process)")
-    if error is not None:
-        raise error
-
-
-@dataclass
-class _Resume:
-    """A checkpoint to resume from: its tensor groups, state, folder and the config fields that change."""
-
-    groups: dict[str, dict[str, torch.Tensor]]
-    meta: dict[str, Any]
-    path: Path
-    changes: list[tuple[str, Any, Any]]
-
-    def inside(self, output_dir: str | None) -> bool:
-        """Whether the checkpoint is one of ``output_dir``'s (the run continues in its own folder)."""
-        return output_dir is not None and self.path.resolve().parent == checkpoint_root(output_dir).resolve()
-
-
-def _open_resume(config: DistillConfig, resume: str, allow_config_change: bool) -> _Resume:
-    """Read the checkpoint ``resume`` names and compare its config with ``config`` (raises on a conflict)."""
-    if config.output_dir is None and resume == "latest":
-        raise ValueError("resume='latest' needs output_dir (where the checkpoints are)")
-    groups, meta, path = resolve_resume(config.output_dir, resume)
-    changes = config_changes(meta["config"], config, allow_config_change)
-    if world()[0] == 0:
-        for name, old, new in changes:
-            how = "may change on resume" if name in RESUMABLE_FIELDS else "allow_config_change"
-            print(f"resume: {name} {old!r} -> {new!r} ({how})")
-    return _Resume(groups, meta, path, changes)
-
-
 def _prepare_stream(
-    data: Iterable[dict], engine: Distiller, checkpoint: _Resume | None, teacher: nn.Module, device: torch.device
+    data: Iterable[dict], engine: Distiller, checkpoint: ResumePoint | None, teacher: nn.Module, device: torch.device
 ) -> tuple[Iterator[dict], int]:
     """(the batch stream, the number of batches already consumed); restores ``checkpoint`` into ``engine``."""
     batches = iter(data)
@@ -257,22 +140,6 @@ def _prepare_stream(
     return stream, consumed
 
 
-def _trim_metrics(output_dir: str, step: int) -> None:
-    """Drop the records of ``metrics.jsonl`` past ``step`` (a resume redoes those steps)."""
-    path = Path(output_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a kill
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
-            kept.append(line + "\n")
-    atomic_write_text(path, "".join(kept))
-
-
 @dataclass
 class _Progress:
     """Where the loop is: batches consumed, whether the engine is at a step boundary, the state the
@@ -283,46 +150,6 @@ class _Progress:
     saved_at: tuple[int, int] | None = None
     ran_out: bool = False
     stop_agreed: bool = False
-
-
-class StopSignals:
-    """SIGINT / SIGTERM handlers while training (a context manager; installed in the main thread only).
-
-    The first signal sets ``signum``: the loop finishes the optimizer step under way, writes an exact
-    checkpoint and raises :func:`exit_exception`. A second signal raises it at once (``forced``).
-    The previous handlers are restored on exit.
-    """
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.forced = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in STOP_SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        if self.signum is not None:
-            self.forced = True
-            os.write(2, f"\nscfm: second {name}: stopping at once\n".encode())
-            raise exit_exception(signum)
-        self.signum = signum
-        os.write(2, f"\nscfm: {name}: stopping after the current step (send it again to stop at once)\n".encode())
-
-
-def exit_exception(signum: int) -> BaseException:
-    """What a stop signal ends the program with: ``KeyboardInterrupt`` for SIGINT (exit status 130 from
-    the CLI), ``SystemExit(128 + signum)`` otherwise (143 for SIGTERM)."""
-    return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
 
 
 def _state(engine: Distiller, data: Any, progress: _Progress, clone: bool = False) -> tuple[dict, dict]:
@@ -394,7 +221,7 @@ def distill(
     if not matching_modules(teacher, config.lora):
         attach_lora(teacher, config.lora)  # raises the error that lists the Linear names
     device = resolve_device(config.device, teacher)
-    checkpoint = _open_resume(config, resume, allow_config_change) if resume is not None else None
+    checkpoint = open_resume(config, resume, allow_config_change) if resume is not None else None
     continuing = checkpoint is not None and checkpoint.inside(config.output_dir)
     if overwrite and continuing:
         raise ValueError(
@@ -402,7 +229,7 @@ def distill(
             "overwrite would move aside; drop overwrite to continue the run, or resume to start a new one"
         )
     if config.output_dir and not continuing:
-        _claim_on_all_ranks(config.output_dir, overwrite, device)
+        claim_on_all_ranks(config.output_dir, overwrite, device)
     teacher.to(device).eval()
     if config.gradient_checkpointing:
         if not hasattr(teacher, "enable_gradient_checkpointing"):
@@ -418,8 +245,8 @@ def distill(
         engine.model.forward = torch.compile(engine.model.forward)
     writer = config.output_dir is not None and engine.rank == 0
     if writer and continuing:
-        _set_aside_newer_checkpoints(config.output_dir, engine.step)
-        _trim_metrics(config.output_dir, engine.step)
+        set_aside_newer_checkpoints(config.output_dir, engine.step)
+        trim_metrics(config.output_dir, engine.step)
     logger = RunLogger(config) if writer else None
     if logger is not None:
         from scfm.train.yaml_config import dump_config
@@ -478,6 +305,8 @@ def _train(
                 stacklevel=3,
             )
         result = _finish(engine, data, config, state)
+        if config.calibrate:
+            _calibrate(result, stream, config, engine)
         if stop.signum is not None:  # the signal came in the last step or while saving: all is saved
             say(f"\n{signal.Signals(stop.signum).name}: finished and saved all {engine.step} steps; stopping")
             raise exit_exception(stop.signum)
@@ -566,3 +395,31 @@ def _finish(engine: Distiller, data: Any, config: DistillConfig, progress: _Prog
         warnings.warn(message, stacklevel=4)
         print(f"warning: {message}")
     return result
+
+
+CALIBRATION_FILE = "calibration.json"
+
+
+def _calibrate(result: DistilledModel, stream: Iterator[dict], config: DistillConfig, engine: Distiller) -> None:
+    """Choose the LoRA scale per step count on the next batch of the stream (never trained on) and
+    rewrite the result with it; the search table goes to ``output_dir/calibration.json``."""
+    calibration = held_out_calibration(result, stream, config, engine.device)
+    if calibration is None:
+        warnings.warn("no batch left for the LoRA-scale calibration (the data ran out): scales stay 1", stacklevel=4)
+        return
+    result.lora_scales = dict(calibration.scales)
+    if engine.rank == 0:
+        scales = ", ".join(f"{n} steps {k:g}" for n, k in sorted(calibration.scales.items()))
+        print(f"LoRA scale per step count (held-out batch, paired MSE to the teacher): {scales}")
+    if config.output_dir is None or engine.rank != 0:
+        return
+    result.save(config.output_dir)
+    table = {
+        "method": f"paired MSE to the teacher's {config.plan.teacher_max}-step Euler samples from the same noise",
+        "data": "the first batch of the data stream after the last training batch (never trained on)",
+        "samples": min(config.calibration_samples, config.batch_size),
+        "noise_seed": config.seed + 3,
+        "scales": {str(n): k for n, k in sorted(calibration.scales.items())},
+        "tried": {str(n): {f"{k:g}": d for k, d in tried.items()} for n, tried in calibration.tried.items()},
+    }
+    atomic_write_json(Path(config.output_dir) / CALIBRATION_FILE, table)
