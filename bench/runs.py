@@ -32,6 +32,8 @@ def preset_tag(**changes: Any) -> str:
     from scfm.train.presets import digits_config
 
     values = digits_config(changes).to_dict()
+    for name in AFTER_TRAINING_FIELDS:
+        values.pop(name, None)
     for section, name, old_behaviour in FIELDS_ADDED_LATER:
         where = values[section] if section else values
         if where.get(name) == old_behaviour:
@@ -40,6 +42,9 @@ def preset_tag(**changes: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+AFTER_TRAINING_FIELDS = ("calibrate", "calibration_steps", "calibration_samples")
+"""Fields that act only after the last optimizer step (the run's own LoRA-scale calibration): they do not
+change what a cached run trained or how this module scores it."""
 FIELDS_ADDED_LATER = ((None, "ema_init", "params"), ("lora", "init", "kaiming"))
 """(section, field, value that reproduces the runs measured before the field existed)."""
 
@@ -97,7 +102,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     from scfm.train.presets import digits_config
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    config = digits_config(spec["overrides"], seed=spec["seed"])
+    config = digits_config(spec["overrides"], seed=spec["seed"], calibrate=False)  # scored by its own calibration
     evaluator = DigitsEvaluator()
     evalset = DigitsEvalSet.make(spec.get("eval_samples", 1000), seed=spec.get("eval_seed", 999))
     if spec.get("shots"):

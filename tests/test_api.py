@@ -1,6 +1,7 @@
 """The public contract: distill a user's own module, sample, save, load; bad input fails early."""
 
 import copy
+import json
 import os
 
 import pytest
@@ -180,3 +181,17 @@ def test_torch_compile_of_the_distilled_model_matches_eager(student):
     x, t, style = torch.randn(4, 4), torch.rand(4), torch.randn(4, 3)
     with torch.no_grad():
         assert torch.allclose(compiled(x, t, style=style), student(x, t, style=style), atol=1e-6)
+
+
+def test_every_run_is_calibrated_on_a_held_out_batch_unless_turned_off(student, tmp_path):
+    assert sorted(student.lora_scales) == [1, 2, 3, 4, 8]
+    assert all(0.0 <= k <= 2.0 for k in student.lora_scales.values())
+    torch.manual_seed(0)
+    plain = scfm.distill(UserVelocity(), batches(), tiny_config(calibrate=False), progress=False)
+    assert plain.lora_scales == {}
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    saved = scfm.distill(UserVelocity(), batches(), tiny_config(output_dir=str(run)), progress=False)
+    table = json.loads((run / "calibration.json").read_text())
+    assert table["scales"] == {str(n): k for n, k in sorted(saved.lora_scales.items())}
+    assert scfm.load(run, UserVelocity()).lora_scales == saved.lora_scales

@@ -489,3 +489,20 @@ def test_cache_memory_bench_runs_at_a_small_size(tmp_path):
         "distill (full pipeline)",
     ]
     assert all(r["peak_rss_mb"] > 0 for r in result["rows"]) and result["component_mb"]["text_encoder_2"] > 1
+
+
+def test_scfm_distill_on_a_cache_ends_with_a_calibration_table_that_scfm_sample_uses(e2e, tmp_path, capsys):
+    table = json.loads((e2e.run / "calibration.json").read_text())
+    saved = json.loads((e2e.run / "scfm_config.json").read_text())["lora_scales"]
+    assert saved == table["scales"] and sorted(saved, key=int) == ["1", "2", "3", "4", "8"]
+    assert all(0.0 <= float(v) <= 2.0 and f"{float(v):g}" in table["tried"][n] for n, v in saved.items())
+    scale = float(saved["2"])
+    common = ["sample", "--run", str(e2e.run), "--weights", "student", "--prompt", "a red cat", "--steps", "2"]
+    common += ["--height", "32", "--width", "48", "--dtype", "fp32", "--device", "cpu"]
+    assert main([*common, "--out", str(tmp_path / "calibrated.png")]) == 0
+    assert f"LoRA scale {scale:g} at 2 steps (the run's calibration)" in capsys.readouterr().out
+    assert main([*common, "--lora-scale", str(scale), "--out", str(tmp_path / "given.png")]) == 0
+    assert (tmp_path / "calibrated.png").read_bytes() == (tmp_path / "given.png").read_bytes()
+    other = 1.0 if scale != 1.0 else 0.5
+    assert main([*common, "--lora-scale", str(other), "--out", str(tmp_path / "other.png")]) == 0
+    assert (tmp_path / "other.png").read_bytes() != (tmp_path / "calibrated.png").read_bytes()

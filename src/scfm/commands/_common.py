@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,12 @@ class ModelSource:
     run: Path | None = None
     weights: str = "slow_ema"
     local_files_only: bool = False
+    lora_scales: dict[int, float] = field(default_factory=dict)
+    """The run's calibrated LoRA scale per step count (empty without a run or a calibration)."""
+
+    def lora_scale(self, steps: int, given: float | None) -> float:
+        """``given`` (``--lora-scale``) if set, else the calibrated scale for ``steps``, else 1."""
+        return float(given) if given is not None else self.lora_scales.get(steps, 1.0)
 
     def lora_file(self, tmp: Path) -> Path | None:
         """The LoRA file to load; a run's LoRA copy is exported into ``tmp`` first (loads the run's transformer)."""
@@ -79,6 +85,7 @@ class ModelSource:
 
 def resolve_model_source(args: argparse.Namespace, lora_required: bool) -> ModelSource:
     """Check ``--run`` or ``--model`` (+ ``--lora``) and say where teacher and LoRA come from; reads configs only."""
+    from scfm.distilled import read_saved_config
     from scfm.train.run_folder import read_run_config
     from scfm.train.sources import model_path
 
@@ -90,7 +97,8 @@ def resolve_model_source(args: argparse.Namespace, lora_required: bool) -> Model
             )
         config = read_run_config(args.run, diffusers_only=True)
         local = config.local_files_only or args.local_files_only
-        return ModelSource(model_path(config), None, args.run, args.weights, local)
+        scales = {int(n): float(k) for n, k in read_saved_config(args.run).get("lora_scales", {}).items()}
+        return ModelSource(model_path(config), None, args.run, args.weights, local, scales)
     if args.model is None or (lora_required and args.lora is None):
         need = "--model (pipeline folder / Hub id) with --lora (diffusers LoRA .safetensors)"
         raise ValueError(f"give exactly one of --run RUN_DIR or {need}" + ("" if lora_required else " or none"))
@@ -138,4 +146,13 @@ def add_shift_flag(parser: argparse.ArgumentParser, name: str = "--shift", what:
         default=None,
         help=f"fixed shift of {what} Euler grid, or 'auto' (the resolution shift for the image size); "
         "default: the model family's (Flux 3.25, SD3 and Wan 3.0: the shifted grids students train on)",
+    )
+
+
+def add_lora_scale_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lora-scale",
+        type=float,
+        default=None,
+        help="LoRA scale (default: the run's calibrated scale for the step count, else 1.0)",
     )

@@ -6,7 +6,8 @@ Glue between the command line, the diffusers pipeline code (:mod:`scfm.pipelines
 reference folder, CLIP and Inception weights, model folder, LoRA file) is checked before the
 pipeline is loaded and before any image is generated.
 
-- Student: the pipeline with the LoRA at ``--lora-scale``, Euler on scfm's grid with ``--shift``.
+- Student: the pipeline with the LoRA at ``--lora-scale`` (default: the run's calibrated scale per step
+  count, else 1), Euler on scfm's grid with ``--shift`` (default: the family's).
 - Teacher: the same pipeline with the LoRA scaled to 0 (the base weights), sampled with the
   pipeline's own scheduler (``--teacher-sampler pipeline``, as users run the model: Flux's
   resolution shift, SD3's shift 3) or with scfm's Euler grid (``euler``, ``--teacher-shift``).
@@ -24,6 +25,7 @@ from typing import Any
 from scfm.commands._common import (
     add_device_flag,
     add_dtype_flag,
+    add_lora_scale_flag,
     add_model_source_flags,
     add_shift_flag,
     check_positive,
@@ -86,12 +88,7 @@ def register(sub: Any) -> None:
         action="store_true",
         help="skip the teacher at each student step count (saves sum(--steps) teacher steps)",
     )
-    e.add_argument(
-        "--lora-scale",
-        type=float,
-        default=1.0,
-        help="LoRA scale of the student (default: 1.0; few steps often like 1-1.75)",
-    )
+    add_lora_scale_flag(e)
     add_shift_flag(e)
     e.add_argument(
         "--guidance",
@@ -152,11 +149,14 @@ def register(sub: Any) -> None:
     e.set_defaults(handler=run)
 
 
-def make_generators(pipe: Any, args: argparse.Namespace) -> tuple[Any, Any, int, int]:
+def make_generators(
+    pipe: Any, args: argparse.Namespace, lora_scales: dict[int, float] | None = None
+) -> tuple[Any, Any, int, int]:
     """``(teacher_generate, student_generate, teacher_nfe_per_step, student_nfe_per_step)`` for the driver.
 
     Both callables return images [B, 3, H, W] float32 in [0, 1] on the CPU; prompt j of a
-    batch called with ``seed`` gets a CPU generator seeded ``seed + j``.
+    batch called with ``seed`` gets a CPU generator seeded ``seed + j``. The student's LoRA scale
+    is ``--lora-scale``, else ``lora_scales[steps]`` (a run's calibration), else 1.
     """
     import torch
 
@@ -176,7 +176,7 @@ def make_generators(pipe: Any, args: argparse.Namespace) -> tuple[Any, Any, int,
             pipe,
             prompts,
             steps,
-            lora_scale=args.lora_scale,
+            lora_scale=args.lora_scale if args.lora_scale is not None else (lora_scales or {}).get(steps, 1.0),
             shift=args.shift,
             generator=noise(seed, len(prompts)),
             height=args.height,
@@ -246,13 +246,13 @@ def run(args: argparse.Namespace) -> int:
         pipe.to(device)
         load_lora(pipe, lora)
     pipe.set_progress_bar_config(disable=True)  # the driver shows one bar per set instead of one per call
-    teacher, student, teacher_nfe, student_nfe = make_generators(pipe, args)
+    teacher, student, teacher_nfe, student_nfe = make_generators(pipe, args, source.lora_scales)
     config = {
         "model": source.model,
         "lora": str(source.lora) if source.lora else None,
         "run": str(source.run) if source.run else None,
         "weights": source.weights if source.run else None,
-        "lora_scale": args.lora_scale,
+        "lora_scale": args.lora_scale if args.lora_scale is not None else {"calibrated": source.lora_scales},
         "shift": args.shift if args.shift is not None else "family default",
         "teacher_sampler": args.teacher_sampler,
         "teacher_shift": args.teacher_shift if args.teacher_sampler == "euler" else None,

@@ -12,6 +12,7 @@ import torch
 from scfm.commands._common import (
     add_device_flag,
     add_dtype_flag,
+    add_lora_scale_flag,
     add_model_source_flags,
     add_shift_flag,
     check_positive,
@@ -28,9 +29,7 @@ def register(sub: Any) -> None:
     )
     s.add_argument("--prompt", action="append", required=True, help="prompt (repeatable)")
     s.add_argument("--steps", type=int, default=4, help="Euler steps (default 4)")
-    s.add_argument(
-        "--lora-scale", type=float, default=1.0, help="LoRA scale (default 1.0; few steps often like 1-1.75)"
-    )
+    add_lora_scale_flag(s)
     add_shift_flag(s)
     s.add_argument(
         "--guidance",
@@ -70,12 +69,17 @@ def sample_to_files(args: argparse.Namespace) -> list[Path]:
         pipe.to(device)
         if lora is not None:
             load_lora(pipe, lora)
+    scale = source.lora_scale(args.steps, args.lora_scale)
+    if lora is not None:
+        calibrated = "the run's calibration" if args.steps in source.lora_scales else "default"
+        how = "--lora-scale" if args.lora_scale is not None else calibrated
+        print(f"LoRA scale {scale:g} at {args.steps} steps ({how})")
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(args.prompt))]
     images = sample_pipeline(
         pipe,
         args.prompt,
         args.steps,
-        lora_scale=args.lora_scale,
+        lora_scale=scale,
         shift=args.shift,
         generator=generators,
         height=args.height,

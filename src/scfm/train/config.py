@@ -68,6 +68,13 @@ class DistillConfig:
     # EMAs
     fast_decay: float = 0.99
     slow_decay: float = 0.999
+    calibrate: bool = True
+    """At the end of the run, choose the LoRA scale per step count on a held-out batch of the data stream
+    (paired MSE to the teacher's many-step samples); stored with the result and used by sampling."""
+    calibration_steps: tuple[int, ...] = (1, 2, 3, 4, 8)
+    """Step counts the calibration chooses a LoRA scale for."""
+    calibration_samples: int = 256
+    """Rows of the held-out batch the calibration samples (at most the batch size)."""
     ema_init: str = "params"
     """Where both EMAs start: 'params' (the initial LoRA, a zero delta: the teacher) or 'zeros' (A and B
     at zero, as the official scripts start them)."""
@@ -134,7 +141,7 @@ class DistillConfig:
     def validate(self) -> DistillConfig:
         """Raise ``ValueError`` naming the field (dotted: ``lora.rank``), the bad value and the allowed range."""
         check_types(self)
-        positive = ("max_steps", "batch_size", "log_every", "grad_accum")
+        positive = ("max_steps", "batch_size", "log_every", "grad_accum", "calibration_samples")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -163,6 +170,8 @@ class DistillConfig:
             raise ValueError(f"lr_schedule={self.lr_schedule!r} must be one of {LR_SCHEDULES}")
         if not 0.0 <= self.lr_final_ratio <= 1.0:
             raise ValueError(f"lr_final_ratio={self.lr_final_ratio!r} must lie in [0, 1]")
+        if not self.calibration_steps or min(self.calibration_steps) < 1:
+            raise ValueError(f"calibration_steps={self.calibration_steps!r} must be step counts >= 1")
         if self.ema_init not in EMA_STARTS:
             raise ValueError(f"ema_init={self.ema_init!r} must be one of {EMA_STARTS}")
         for name in ("fast_decay", "slow_decay"):
