@@ -36,6 +36,11 @@ def register(sub: Any) -> None:
         action="store_true",
         help="with --resume: continue with config values that differ from the checkpoint's (printed)",
     )
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="skip the LoRA-scale calibration at the end of the run (the same as --set calibrate=false)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -53,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from scfm.train.sources import build_data, build_teacher, is_diffusers_teacher
     from scfm.train.yaml_config import load_config
 
-    config = load_config(args.config, args.set)  # every field validated before any work
+    overrides = [*args.set, "calibrate=false"] if args.no_calibrate else args.set
+    config = load_config(args.config, overrides)  # every field validated before any work
     device = torch.device(config.device) if config.device != "auto" else _process_device()
     config.device = str(device)
     rank, size = world()
