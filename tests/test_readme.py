@@ -19,4 +19,4 @@ def test_readme_python_examples_run(tmp_path, monkeypatch, capsys):
 
     exec(compile(blocks[1], "README.md", "exec"), namespace)  # the calibration example continues it
     scales = namespace["student"].lora_scales
-    assert sorted(scales) == [1, 2, 4] and all(0.5 <= k <= 1.75 for k in scales.values())
+    assert sorted(scales) == [1, 2, 4] and all(0.0 <= k <= 2.0 for k in scales.values())  # the search range
