@@ -325,7 +325,9 @@ def test_pipeline_sampling_is_scfm_euler_on_the_same_grid(e2e, shift):
     if e2e.family == "flux":
         cond["guidance"] = torch.tensor([3.5])
     noise = torch.randn(1, LATENT_CHANNELS, 16, 24, generator=torch.Generator().manual_seed(5))
-    torch.testing.assert_close(got, scfm.sample(result, noise, steps=2, shift=shift, **cond), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        got, scfm.sample(result, noise, steps=2, shift=shift, lora_scale=1.0, **cond), atol=1e-4, rtol=1e-4
+    )
     scheduler = type(pipe.scheduler).__name__
     assert (
         scheduler == "FlowMatchEulerDiscreteScheduler" and pipe.scheduler.config.shift == 3.0

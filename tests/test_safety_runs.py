@@ -13,28 +13,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 import scfm
 from scfm.fileio import atomic_save_safetensors, atomic_write_json, load_safetensors
 from scfm.train import checkpoint as ckpt
 from scfm.train.checkpoint import list_checkpoints, load_checkpoint, resolve_resume
 from scfm.weights.lora import has_lora
+from test_api import UserVelocity
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 RUN_FILES = ("lora.safetensors", "ema_fast.safetensors", "ema_slow.safetensors", "student.safetensors")
-
-
-class UserVelocity(nn.Module):
-    """A user's own flow-matching model: forward(x, t, style) -> v."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(4 + 1 + 3, 32), nn.SiLU(), nn.Linear(32, 4))
-
-    def forward(self, x, t, style):
-        return self.net(torch.cat([x, t[:, None], style], dim=1))
 
 
 class NanWhenLoraOff(UserVelocity):

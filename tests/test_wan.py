@@ -516,7 +516,9 @@ def test_end_to_end_generate_data_distill_export_load_and_sample(wan_dir, tmp_pa
     cond = WanAdapter.encode_prompts(pipe, ["a red cat"], "cpu")
     noise = torch.randn(1, C, F, 4, 6, generator=torch.Generator().manual_seed(5))
     x0 = scfm.sample(adapter, noise, steps=2, shift=3.0, **cond)
-    torch.testing.assert_close(x0, scfm.sample(result, noise, steps=2, shift=3.0, **cond), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        x0, scfm.sample(result, noise, steps=2, shift=3.0, lora_scale=1.0, **cond), atol=1e-4, rtol=1e-4
+    )
     video = WanAdapter.decode_latents(pipe, x0)
     assert video.shape == (1, 3, FRAMES, 32, 48) and torch.isfinite(video).all()
     latents_out = WanAdapter.generate_latents(

@@ -35,7 +35,9 @@ def test_wan_pipeline_sampling_is_scfm_euler_on_the_same_grid(wan_dir, tmp_path,
     )
     cond = WanAdapter.encode_prompts(pipe, ["a red cat"], "cpu")
     noise = torch.randn(1, C, F, 4, 6, generator=torch.Generator().manual_seed(5))
-    torch.testing.assert_close(got, scfm.sample(result, noise, steps=2, shift=shift, **cond), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        got, scfm.sample(result, noise, steps=2, shift=shift, lora_scale=1.0, **cond), atol=1e-4, rtol=1e-4
+    )
     assert type(pipe.scheduler).__name__ == "UniPCMultistepScheduler"  # the user's scheduler is back
     video = sample_pipeline(pipe, ["a red cat"], 2, generator=[torch.Generator().manual_seed(5)], height=32, width=48)
     assert video.shape == (1, FRAMES, 3, 32, 48) and video.min() >= 0 and video.max() <= 1
