@@ -126,7 +126,15 @@ class FluxAdapter(VelocityAdapter):
     transformer_class_name = "FluxTransformer2DModel"
     pipeline_class_name = "FluxPipeline"
     default_lora_targets = FLUX_LORA_TARGETS
-    recommended_config = {"lora.targets": FLUX_LORA_TARGETS, "grad_clip": 10.0, "lora.rank": 64, "lora.alpha": 64.0}
+    recommended_config = {
+        "lora.targets": FLUX_LORA_TARGETS,
+        "grad_clip": 10.0,
+        "lora.rank": 64,
+        "lora.init": "gaussian",
+        "weight_decay": 1e-4,
+        "final_weights": "student",
+        "lora.alpha": 64.0,
+    }
     cond_keys = ("prompt_embeds", "pooled_prompt_embeds", "guidance")
     default_shift = 3.25
     """The official SCFM Flux inference app's fixed shift (its training grids: s ~ U[2.5, 4.5])."""

@@ -92,6 +92,9 @@ class SD3Adapter(TrueCFG, VelocityAdapter):
         "plan.resolution_shift_prob": 0.0,
         "ema_restart_every": 2000,
         "lora.rank": 64,
+        "lora.init": "gaussian",
+        "weight_decay": 1e-4,
+        "final_weights": "student",
         "lora.alpha": 64.0,
     }
     cond_keys = ("prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")

@@ -150,6 +150,9 @@ class WanAdapter(TrueCFG, VelocityAdapter):
         "grad_clip": 2.0,
         "plan.resolution_shift_prob": 0.0,
         "lora.rank": 64,
+        "lora.init": "gaussian",
+        "weight_decay": 1e-4,
+        "final_weights": "student",
         "lora.alpha": 64.0,
     }
     cond_keys = ("prompt_embeds", "negative_prompt_embeds")
