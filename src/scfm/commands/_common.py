@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,10 +119,6 @@ def check_positive(**values: int | None) -> None:
     for name, value in values.items():
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} {value} must be a positive integer")
-
-
-def out_path(path: str | os.PathLike) -> Path:
-    return Path(path).expanduser()
 
 
 def shift_value(text: str) -> float | str:
