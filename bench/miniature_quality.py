@@ -4,7 +4,7 @@
     python bench/miniature_quality.py --model flux-digits --folder DIR   # a freshly trained folder
     python bench/miniature_quality.py --shifts 1,1.65,3                  # + a sampling-shift sweep at 32 steps
     python bench/miniature_quality.py --check-full-text 20               # + compressed vs full-length text check
-    python bench/miniature_quality.py --literal                          # + 32 steps with pipe(prompt=[...]) itself
+    python bench/miniature_quality.py --literal 20                       # + pipe(prompt=[...]) itself, 20 digits
 
 For each pipeline it prints the VAE's reconstruction FD (the 360 held-out digits encoded and
 decoded, against the real held-out FD floor), then the teacher's digits FD and class accuracy
@@ -13,10 +13,10 @@ output_type="pt")``, 100 samples per digit with the canonical prompt "a handwrit
 decoded by the pipeline's VAE and turned into 8x8 gray digits in [-1, 1]. The prompts are
 encoded by the pipeline's ``encode_prompt`` and passed compressed (``scfm.models.miniature
 .compress_text``: identical to the full 512 / 256 padded T5 tokens to float rounding;
-``--check-full-text`` measures that; ``--literal`` also scores 32 steps with the plain
-``pipe(prompt=[...], ...)`` call on the full-length text, in chunks of 100: minutes, not
-seconds). Flux is sampled at its embedded guidance 3.5 (the
-pipeline default), SD3 at every CFG w of ``--sd3-guidance`` (pipeline guidance_scale w + 1).
+``--check-full-text N`` measures that on N digits at 4 steps; ``--literal N`` compares N digits
+at 32 steps with the plain ``pipe(prompt=[...], ...)`` call on the same noise). Flux is sampled
+at its embedded guidance 3.5 (the pipeline default), SD3 at every CFG w of ``--sd3-guidance``
+(pipeline guidance_scale w + 1).
 """
 
 from __future__ import annotations
@@ -47,27 +47,21 @@ def _with_shift(pipe, shift: float):
     return FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, use_dynamic_shifting=False, shift=shift)
 
 
-def _literal(pipe, name: str, labels: torch.Tensor, guidance: float, seed: int, chunk: int = 100) -> torch.Tensor:
-    """32 steps of the plain pipeline call on prompt strings (full-length text), in chunks; gray digits [N, 1, 8, 8]."""
+def _literal(pipe, labels: torch.Tensor, guidance: float, seed: int) -> torch.Tensor:
+    """32 steps of the plain pipeline call on prompt strings (full-length text); gray digits [N, 1, 8, 8]."""
     from scfm.models.adapters import adapter_for_pipeline
     from scfm.models.miniature import IMAGE_SIZE, digits_prompt, rgb_to_digits
 
-    scale = adapter_for_pipeline(pipe).pipeline_guidance_scale(guidance)
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for start in range(0, labels.shape[0], chunk):
-        prompts = [digits_prompt(int(d)) for d in labels[start : start + chunk]]
-        images = pipe(
-            prompt=prompts,
-            height=IMAGE_SIZE,
-            width=IMAGE_SIZE,
-            num_inference_steps=32,
-            guidance_scale=scale,
-            generator=gen,
-            output_type="pt",
-        ).images
-        out.append(rgb_to_digits(images))
-    return torch.cat(out)
+    images = pipe(
+        prompt=[digits_prompt(int(d)) for d in labels],
+        height=IMAGE_SIZE,
+        width=IMAGE_SIZE,
+        num_inference_steps=32,
+        guidance_scale=adapter_for_pipeline(pipe).pipeline_guidance_scale(guidance),
+        generator=torch.Generator().manual_seed(seed),
+        output_type="pt",
+    ).images
+    return rgb_to_digits(images)
 
 
 def main() -> None:
@@ -81,7 +75,7 @@ def main() -> None:
     parser.add_argument("--sd3-guidance", default="0,1,3.5", help="CFG w values (pipeline guidance_scale = w + 1)")
     parser.add_argument("--shifts", default="", help="fixed sampling shifts to sweep at 32 steps (e.g. 1,1.65,3)")
     parser.add_argument("--check-full-text", type=int, default=0, help="also sample N digits with full-length text")
-    parser.add_argument("--literal", action="store_true", help="also score 32 steps of pipe(prompt=[...]) itself")
+    parser.add_argument("--literal", type=int, default=0, help="compare N digits at 32 steps with pipe(prompt=[...])")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -128,12 +122,15 @@ def main() -> None:
                 )
             pipe.scheduler = original
         if args.literal:
+            few = _labels(max(1, args.literal // 10))
             start = time.perf_counter()
-            digits = _literal(pipe, name, labels, guidances[0], args.seed)
-            scores = evaluator.evaluate(digits, labels)
+            literal = _literal(pipe, few, guidances[0], args.seed)
+            seconds = time.perf_counter() - start
+            ours = pipeline_digits(pipe, few, 32, guidances[0], torch.Generator().manual_seed(args.seed))
             print(
-                f"  pipe(prompt=[...]) itself, 32 steps, {kind} {guidances[0]}: FD {scores.fd:.3f} "
-                f"acc {scores.class_acc:.3f} ({time.perf_counter() - start:.0f} s)"
+                f"  pipe(prompt=[...]) itself vs compressed, {few.numel()} digits at 32 steps, {kind} {guidances[0]}: "
+                f"max |diff| {(literal - ours).abs().max().item():.2e}, class acc "
+                f"{evaluator.evaluate(literal, few).class_acc:.3f} ({seconds:.0f} s)"
             )
         if args.check_full_text:
             few = _labels(max(1, args.check_full_text // 10))
