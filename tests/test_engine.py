@@ -174,3 +174,40 @@ def test_lr_factor_warms_up_then_decays_to_the_final_ratio():
     ) == pytest.approx(0.0)
     mid = lr_factor(11, 4, 20, "cosine", 0.0)  # half way through the decay
     assert mid == pytest.approx(0.5) and lr_factor(11, 4, 20, "linear", 0.0) == pytest.approx(0.5)
+
+
+def test_baked_cfg_runs_the_teacher_guided_and_the_emas_and_student_as_the_student_runs():
+    """Baked CFG: the EMAs are copies of the student, which has learned the guided velocity in one
+    unguided pass; guiding them again would apply CFG twice to the self targets."""
+    from contextlib import contextmanager
+
+    from scfm.objective.plans import PlanConfig
+    from scfm.train.step import ShortcutStep
+    from scfm.weights.ema import FastSlowEMA
+
+    class Baked(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(()))
+            self.guided, self.calls = True, []
+
+        @contextmanager
+        def student_pass(self):
+            self.guided = False
+            try:
+                yield
+            finally:
+                self.guided = True
+
+        def forward(self, x, t):
+            self.calls.append(self.guided)
+            return x * 0 + self.weight
+
+    model = Baked()
+    params = [model.weight]
+    step = ShortcutStep(model, params, FastSlowEMA(["w"], params), PlanConfig())
+    x, t = torch.zeros(2, 3), torch.full((2,), 0.5)
+    for source, guided in ((step._teacher, True), (step._fast, False), (step._slow, False)):
+        model.calls.clear()
+        source(x, t, {})
+        assert model.calls == [guided], source.__name__

@@ -78,12 +78,14 @@ class ShortcutStep:
         with self.switch.teacher():
             return self._note("teacher", self._forward(x, t, cond, self.target_precision))
 
+    # The EMAs are copies of the student, so they run as the student runs (baked CFG: one unguided pass that
+    # has learned the guided velocity). Guiding them again would apply CFG twice to the self targets.
     def _fast(self, x, t, cond):
-        with self.switch.use(self.ema.fast):
+        with self.switch.use(self.ema.fast), _student_pass(self.model):
             return self._note("fast_ema", self._forward(x, t, cond, self.target_precision))
 
     def _slow(self, x, t, cond):
-        with self.switch.use(self.ema.slow):
+        with self.switch.use(self.ema.slow), _student_pass(self.model):
             return self._note("slow_ema", self._forward(x, t, cond, self.target_precision))
 
     def sources(self) -> VelocitySources:
