@@ -11,9 +11,9 @@ decoded, against the real held-out FD floor), then the teacher's digits FD and c
 at 1, 2, 4, 8 and 32 steps: ``pipe(prompt_embeds=..., height=8, width=8, num_inference_steps=n,
 output_type="pt")``, 100 samples per digit with the canonical prompt "a handwritten digit <d>",
 decoded by the pipeline's VAE and turned into 8x8 gray digits in [-1, 1]. The prompts are
-encoded by the pipeline's ``encode_prompt`` and passed compressed (``scfm.models.miniature
-.compress_text``: identical to the full 512 / 256 padded T5 tokens to float rounding;
-``--check-full-text N`` measures that on N digits at 4 steps; ``--literal N`` compares N digits
+encoded by the pipeline's ``encode_prompt`` and passed compressed (``scfm.models.counted_text``:
+identical to the full 512 / 256 padded T5 tokens to float rounding; ``--check-full-text N``
+measures that on N digits at 4 steps; ``--literal N`` compares N digits
 at 32 steps with the plain ``pipe(prompt=[...], ...)`` call on the same noise). Flux is sampled
 at its embedded guidance 3.5 (the pipeline default), SD3 at every CFG w of ``--sd3-guidance``
 (pipeline guidance_scale w + 1).

@@ -10,6 +10,7 @@ pytest.importorskip("diffusers")
 
 from diffusers import FluxPipeline, StableDiffusion3Pipeline  # noqa: E402
 
+from scfm.models.counted_text import TEXT_LOG_COUNT, compress_text, counted_attention  # noqa: E402
 from scfm.models.flux import FluxAdapter, pack_latents, unpack_latents  # noqa: E402
 from scfm.models.miniature import (  # noqa: E402
     DIGIT_WORDS,
@@ -17,11 +18,7 @@ from scfm.models.miniature import (  # noqa: E402
     LATENT_CHANNELS,
     MINIATURE_MODELS,
     TRAINING_FILE,
-    compress_prompt_kwargs,
-    compress_text,
-    counted_attention,
     digits_prompt,
-    encode_digit_prompts,
     pipeline_digits,
     rgb_to_digits,
     shipped_pipeline_path,
@@ -111,22 +108,35 @@ def test_the_adapter_forward_is_the_pipelines_first_step(shipped):
 
 def test_compressed_text_with_counted_attention_equals_the_full_text(shipped):
     name, pipe = shipped
-    full = encode_digit_prompts(pipe, [digits_prompt(d) for d in range(3)])
-    short, log_count = compress_prompt_kwargs(full)
+    adapter_cls = ADAPTERS[name]
+    full = {
+        k: v.float() for k, v in adapter_cls.encode_prompts(pipe, [digits_prompt(d) for d in range(3)], "cpu").items()
+    }
+    short = adapter_cls.compact_cond(full)
     assert short["prompt_embeds"].shape[1] < full["prompt_embeds"].shape[1] // 10
+    assert short[TEXT_LOG_COUNT].shape == (1, short["prompt_embeds"].shape[1])
     g = torch.Generator().manual_seed(0)
     x, t = torch.randn(3, LATENT_CHANNELS, 4, 4, generator=g), torch.rand(3, generator=g)
     if name == "flux-digits":
         adapter, extra = FluxAdapter(pipe.transformer), {"guidance": torch.full((3,), 3.5)}
     else:
         adapter, extra = SD3Adapter(pipe.transformer, guidance_scale=2.0), {}
+    cut = {k: v for k, v in short.items() if k != TEXT_LOG_COUNT}
     with torch.no_grad():
         want = adapter(x, t, **full, **extra)
-        with counted_attention(pipe.transformer, log_count):
-            got = adapter(x, t, **short, **extra)
-        plain = adapter(x, t, **short, **extra)  # processors restored: the cut text alone is not the same model
+        got = adapter(x, t, **short, **extra)  # the adapter counts the cut padding
+        with counted_attention(pipe.transformer, short[TEXT_LOG_COUNT][0]):
+            by_hand = adapter(x, t, **cut, **extra)
+        plain = adapter(x, t, **cut, **extra)  # processors restored: the cut text alone is not the same model
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(by_hand, got)
     assert (plain - want).abs().max() > 1e-2
+
+
+def test_compact_cond_leaves_text_without_an_identical_tail_alone():
+    embeds = torch.randn(2, 6, 4)  # every position distinct, as a real T5's padding with position biases
+    cond = {"prompt_embeds": embeds, "pooled_prompt_embeds": torch.randn(2, 3)}
+    assert FluxAdapter.compact_cond(cond) is cond
 
 
 def test_compress_text_keeps_the_distinct_prefix_and_counts_the_repeated_tail():

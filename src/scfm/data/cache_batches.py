@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,8 @@ class CacheBatches(GeneratorSource):
         batch_size: samples per batch B.
         seed: seed of the source's generator (bucket choice, rows, guidance).
         guidance_range: (low, high) to add ``"guidance"`` [B] ~ U[low, high]; None to omit it.
+        transform: applied to every batch before it is returned (the adapter's ``compact_cond``, which cuts
+            padded text where that is exact); it must be deterministic and draw no random numbers.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class CacheBatches(GeneratorSource):
         batch_size: int,
         seed: int = 0,
         guidance_range: tuple[float, float] | None = None,
+        transform: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
     ) -> None:
         super().__init__(batch_size, seed)
         self.cache_dir = Path(cache_dir)
@@ -86,6 +90,7 @@ class CacheBatches(GeneratorSource):
         if guidance_range is not None and not 0 <= guidance_range[0] <= guidance_range[1]:
             raise ValueError(f"guidance_range={guidance_range} must satisfy 0 <= low <= high")
         self.guidance_range = guidance_range
+        self.transform = transform
         self._handles: dict[str, Any] = {}
 
     def _check_rows(self, lines: list[tuple[int, dict[str, Any]]]) -> list[str]:
@@ -175,7 +180,7 @@ class CacheBatches(GeneratorSource):
         batch.update(self.shared)
         if self.guidance_range is not None:
             batch["guidance"] = _draw_uniform(self.batch_size, self.generator, *self.guidance_range)
-        return batch
+        return batch if self.transform is None else self.transform(batch)
 
     def __getstate__(self) -> dict[str, Any]:  # safe_open handles do not pickle (multiprocess loaders)
         state = dict(self.__dict__)

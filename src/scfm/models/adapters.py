@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -141,6 +141,9 @@ class VelocityAdapter(nn.Module):
     default_shift: ClassVar[float] = 1.0
     """Fixed shift of the sampling grid the family's students are sampled with by default (matching the
     shifted grids they are trained on); ``"auto"`` at sampling uses the resolution shift instead."""
+    counted_text: ClassVar[bool] = False
+    """Whether :meth:`forward` accepts ``text_log_count`` (:mod:`scfm.models.counted_text`): the text cut to its
+    distinct prefix plus one counted padding token, exact where the padding embeddings are identical."""
 
     def __init__(self, transformer: nn.Module) -> None:
         super().__init__()
@@ -205,6 +208,28 @@ class VelocityAdapter(nn.Module):
         ``height`` / ``width`` are the requested pixel sizes (None: the pipeline's default).
         """
         return latents
+
+    @classmethod
+    def compact_cond(cls, cond: dict[str, Any]) -> dict[str, Any]:
+        """``cond`` with its padded text cut where that is exact (:func:`scfm.models.counted_text.compact_text_cond`)
+        for families with ``counted_text``; unchanged otherwise. Caches store full text; batches are cut."""
+        if not cls.counted_text:
+            return cond
+        from scfm.models.counted_text import compact_text_cond
+
+        return compact_text_cond(cond)
+
+    @classmethod
+    @contextmanager
+    def pipeline_prompt_kwargs(cls, pipe: Any, prompts: list[str], device: torch.device | str) -> Iterator[dict]:
+        """The pipeline call's text keywords for ``prompts`` (``prompt_embeds`` and the rest, negatives expanded to
+        B rows), cut by :meth:`compact_cond`; inside the block the transformer counts the cut padding, so
+        ``pipe(**kwargs, ...)`` equals ``pipe(prompt=prompts, ...)`` to float rounding."""
+        from scfm.models.counted_text import text_counts
+
+        cond = cls.compact_cond(cls.encode_prompts(pipe, list(prompts), device))
+        with text_counts(pipe.transformer, cond) as kwargs:
+            yield {k: expand_batch(v, len(prompts), k) if k.startswith("negative_") else v for k, v in kwargs.items()}
 
     # ------------------------------------------------------------------ pipeline hooks
     # Used by `scfm generate-data` (teacher cache), `scfm sample` / `scfm eval`. They take a

@@ -38,6 +38,7 @@ from scfm.models.adapters import (
     vae_decode_latents,
     vae_encode_images,
 )
+from scfm.models.counted_text import TEXT_LOG_COUNT, text_counts
 
 FLUX_LORA_TARGETS: tuple[str, ...] = (
     # embedders
@@ -135,9 +136,12 @@ class FluxAdapter(VelocityAdapter):
         "final_weights": "student",
         "lora.alpha": 64.0,
     }
-    cond_keys = ("prompt_embeds", "pooled_prompt_embeds", "guidance")
+    cond_keys = ("prompt_embeds", "pooled_prompt_embeds", "guidance", TEXT_LOG_COUNT)
+    counted_text = True
     default_shift = 3.25
-    """The official SCFM Flux inference app's fixed shift (its training grids: s ~ U[2.5, 4.5])."""
+    """The official SCFM Flux inference app's fixed shift (its training grids: s ~ U[2.5, 4.5]). Kept although
+    the 8x8 flux-digits student samples better at shift 1 or ``auto`` (2 steps FD 3.5 against 5.6: BENCHMARKS.md):
+    at 4 image tokens the resolution shift is 1.6, while FLUX.1 at 512-1024 px trains and samples near 3."""
     draw_guidance = staticmethod(draw_guidance)
     with_guidance = staticmethod(with_guidance)
 
@@ -188,16 +192,17 @@ class FluxAdapter(VelocityAdapter):
         prompt = expand_batch(cond["prompt_embeds"], b, "prompt_embeds").to(device, dtype)
         pooled = expand_batch(cond["pooled_prompt_embeds"], b, "pooled_prompt_embeds").to(device, dtype)
         guidance = self._guidance(cond.get("guidance"), b, device)
-        out = self.transformer(
-            hidden_states=pack_latents(x.to(dtype)),
-            timestep=t.to(dtype),
-            guidance=guidance,
-            pooled_projections=pooled,
-            encoder_hidden_states=prompt,
-            txt_ids=torch.zeros(prompt.shape[1], 3, device=device, dtype=dtype),
-            img_ids=latent_image_ids(h, w, device=device, dtype=dtype),
-            return_dict=False,
-        )[0]
+        with text_counts(self.transformer, cond):
+            out = self.transformer(
+                hidden_states=pack_latents(x.to(dtype)),
+                timestep=t.to(dtype),
+                guidance=guidance,
+                pooled_projections=pooled,
+                encoder_hidden_states=prompt,
+                txt_ids=torch.zeros(prompt.shape[1], 3, device=device, dtype=dtype),
+                img_ids=latent_image_ids(h, w, device=device, dtype=dtype),
+                return_dict=False,
+            )[0]
         return unpack_latents(out, h, w).to(x.dtype)
 
     # ------------------------------------------------------------------ pipeline hooks
@@ -224,16 +229,17 @@ class FluxAdapter(VelocityAdapter):
     ) -> torch.Tensor:
         """FluxPipeline samples (its own dynamic-shift schedule, embedded guidance ``guidance``,
         ignored by FLUX.1-schnell) unpacked to x0 [B, C, height/f, width/f] float32."""
-        packed = pipe(
-            prompt=list(prompts),
-            height=height,
-            width=width,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=generator,
-            output_type="latent",
-            return_dict=False,
-        )[0]
+        with cls.pipeline_prompt_kwargs(pipe, prompts, pipe._execution_device) as text:
+            packed = pipe(
+                **text,
+                height=height,
+                width=width,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=generator,
+                output_type="latent",
+                return_dict=False,
+            )[0]
         return pipe._unpack_latents(packed, height, width, pipe.vae_scale_factor).float()
 
     @classmethod

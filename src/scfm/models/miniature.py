@@ -34,16 +34,11 @@ The parts, all real diffusers / transformers classes at toy size:
 - Schedulers: ``FlowMatchEulerDiscreteScheduler`` configured as the family's (see
   :data:`FLUX_SCHEDULER` and :data:`SD3_SCHEDULER`).
 
-Compressed text. The pipelines pad T5 to 512 (Flux) or 256 (SD3) tokens, which would make
-every transformer call ~50x dearer than the 4 image tokens warrant. Since the padding
-embeddings are identical and text tokens carry no position in either transformer (Flux text
-ids are zero; SD3 embeds only image positions), attention over ``n`` identical padding keys
-equals attention over ONE such key with ``log n`` added to its logit. :func:`compress_text`
-cuts a prompt table to its distinct prefix plus one padding token and returns those
-log-multiplicities; :func:`counted_attention` installs attention processors that add them.
-Training runs on the compressed sequence and is exactly (to float rounding) the computation
-the pipeline does on the full one; :func:`pipeline_digits` samples through the pipeline's own
-call the same way.
+Compressed text. The pipelines pad T5 to 512 (Flux) or 256 (SD3) tokens, ~19x dearer per
+transformer call than the 4 image tokens warrant. The padding embeddings here are identical, so
+:mod:`scfm.models.counted_text` cuts them to one counted token, exactly: the Flux and SD3
+adapters do it for every cache batch, teacher sample and pipeline sample (``text_log_count``),
+and training here runs on the cut table with :meth:`MiniatureParts.attention`.
 """
 
 from __future__ import annotations
@@ -51,8 +46,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -62,6 +56,7 @@ import torch
 from torch import nn
 
 from scfm.models.adapters import VelocityAdapter
+from scfm.models.counted_text import compress_text, counted_attention
 from scfm.models.tiny import _bytes_to_unicode, t5_vocab
 
 MINIATURE_MODELS = ("flux-digits", "sd3-digits")
@@ -352,102 +347,6 @@ def _seeded(cls: type, config: dict[str, Any], seed: int) -> nn.Module:
     return cls(**config)
 
 
-# ----------------------------------------------------------------------------------------- compressed text
-
-
-def compress_text(embeds: torch.Tensor, atol: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut text embeddings [P, L, D] whose every row ends in a run of identical tokens to [P, k + 1, D].
-
-    k is the shortest prefix after which all rows are constant (to ``atol``); token k stands for the
-    ``L - k`` identical ones. Returns the cut embeddings and the log-multiplicities [k + 1] (0 for the
-    prefix, ``log(L - k)`` for the last token) for :func:`counted_attention`.
-    """
-    same = (embeds - embeds[:, -1:]).abs().amax(dim=(0, 2)) <= atol  # [L]: position equals the last one in every row
-    k = embeds.shape[1] - 1
-    while k > 0 and bool(same[k - 1]):
-        k -= 1
-    log_count = torch.zeros(k + 1)
-    log_count[k] = math.log(embeds.shape[1] - k)
-    return embeds[:, : k + 1].contiguous(), log_count
-
-
-def _flux_counted_processor(text_log_count: torch.Tensor):
-    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
-
-    class CountedFluxAttnProcessor(FluxAttnProcessor):
-        """Flux attention with ``log(multiplicity)`` added to the logits of the text keys (text comes first)."""
-
-        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-            total = hidden_states.shape[1] + (0 if encoder_hidden_states is None else encoder_hidden_states.shape[1])
-            bias = torch.zeros(total, dtype=hidden_states.dtype, device=hidden_states.device)
-            bias[: text_log_count.shape[0]] = text_log_count.to(bias)
-            return super().__call__(
-                attn, hidden_states, encoder_hidden_states, bias.view(1, 1, 1, -1), image_rotary_emb
-            )
-
-    return CountedFluxAttnProcessor()
-
-
-def _sd3_counted_processor(text_log_count: torch.Tensor):
-    import torch.nn.functional as F
-    from diffusers.models.attention_processor import JointAttnProcessor2_0
-
-    class CountedJointAttnProcessor(JointAttnProcessor2_0):
-        """SD3 joint attention (``JointAttnProcessor2_0``) with ``log(multiplicity)`` added to the logits of the
-        text keys (text comes after the image)."""
-
-        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
-            b, n = hidden_states.shape[:2]
-            heads = attn.heads
-
-            def split(x):
-                return x.view(b, -1, heads, x.shape[-1] // heads).transpose(1, 2)
-
-            q, k, v = split(attn.to_q(hidden_states)), split(attn.to_k(hidden_states)), split(attn.to_v(hidden_states))
-            if attn.norm_q is not None:
-                q = attn.norm_q(q)
-            if attn.norm_k is not None:
-                k = attn.norm_k(k)
-            cq = split(attn.add_q_proj(encoder_hidden_states))
-            ck = split(attn.add_k_proj(encoder_hidden_states))
-            cv = split(attn.add_v_proj(encoder_hidden_states))
-            if attn.norm_added_q is not None:
-                cq = attn.norm_added_q(cq)
-            if attn.norm_added_k is not None:
-                ck = attn.norm_added_k(ck)
-            q, k, v = torch.cat([q, cq], dim=2), torch.cat([k, ck], dim=2), torch.cat([v, cv], dim=2)
-            bias = torch.zeros(k.shape[2], dtype=q.dtype, device=q.device)
-            bias[n:] = text_log_count.to(bias)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.view(1, 1, 1, -1))
-            out = out.transpose(1, 2).reshape(b, -1, heads * q.shape[-1]).to(q.dtype)
-            hidden, context = out[:, :n], out[:, n:]
-            if not attn.context_pre_only:
-                context = attn.to_add_out(context)
-            hidden = attn.to_out[1](attn.to_out[0](hidden))
-            return hidden, context
-
-    return CountedJointAttnProcessor()
-
-
-@contextmanager
-def counted_attention(transformer: nn.Module, text_log_count: torch.Tensor) -> Iterator[nn.Module]:
-    """Inside: every attention of ``transformer`` (Flux or SD3) adds ``text_log_count`` [L] (from
-    :func:`compress_text`) to the logits of the text keys. The original processors are restored on exit."""
-    name = type(transformer).__name__
-    if name == "FluxTransformer2DModel":
-        processor = _flux_counted_processor(text_log_count)
-    elif name == "SD3Transformer2DModel":
-        processor = _sd3_counted_processor(text_log_count)
-    else:
-        raise ValueError(f"counted attention is written for Flux and SD3 transformers, not {name}")
-    original = dict(transformer.attn_processors)
-    transformer.set_attn_processor(processor)
-    try:
-        yield transformer
-    finally:
-        transformer.set_attn_processor(original)
-
-
 # ----------------------------------------------------------------------------------------- training parts
 
 
@@ -562,31 +461,6 @@ def shipped_pipeline_path(name: str) -> Path:
 
 
 @torch.no_grad()
-def encode_digit_prompts(pipe: Any, prompts: list[str]) -> dict[str, torch.Tensor]:
-    """The pipeline's own ``encode_prompt`` of ``prompts`` and of the empty prompt, as the pipeline's call keywords:
-    ``prompt_embeds`` / ``pooled_prompt_embeds`` [P, ...] and, for SD3, ``negative_prompt_embeds`` /
-    ``negative_pooled_prompt_embeds`` [1, ...]. Full length (T5 padded as the pipeline pads it)."""
-    from scfm.models.adapters import adapter_for_pipeline
-
-    cond = adapter_for_pipeline(pipe).encode_prompts(pipe, list(prompts), "cpu")
-    return {k: v.float() for k, v in cond.items()}
-
-
-def compress_prompt_kwargs(kwargs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """:func:`compress_text` applied jointly to ``prompt_embeds`` and ``negative_prompt_embeds`` (if present) of
-    :func:`encode_digit_prompts`'s output; returns the cut keywords and the log-multiplicities."""
-    rows = kwargs["prompt_embeds"].shape[0]
-    table = kwargs["prompt_embeds"]
-    if "negative_prompt_embeds" in kwargs:
-        table = torch.cat([table, kwargs["negative_prompt_embeds"]])
-    cut, log_count = compress_text(table)
-    out = dict(kwargs, prompt_embeds=cut[:rows])
-    if "negative_prompt_embeds" in kwargs:
-        out["negative_prompt_embeds"] = cut[rows:]
-    return out, log_count
-
-
-@torch.no_grad()
 def pipeline_digits(
     pipe: Any,
     labels: torch.Tensor,
@@ -601,23 +475,16 @@ def pipeline_digits(
 
     ``guidance`` is scfm's convention for the family (Flux: the embedded value, default 3.5; SD3: w in
     ``v_c + w (v_c - v_neg)``, default 0 = no CFG). Prompts are :func:`digits_prompt` (label, ``variant``),
-    encoded once by the pipeline's ``encode_prompt`` and passed as embeddings; with ``compressed`` the text is
-    cut by :func:`compress_text` and the transformer runs in :func:`counted_attention` (the same result as the
-    full-length text, to float rounding, much faster).
+    encoded by the pipeline's ``encode_prompt`` and passed as embeddings; with ``compressed`` the text is
+    cut (:mod:`scfm.models.counted_text`: the same result as the full-length text, to float rounding, ~19x
+    faster), else ``pipe(prompt=...)`` runs as a user would call it.
     """
     from scfm.models.adapters import adapter_for_pipeline
 
     adapter_cls = adapter_for_pipeline(pipe)
     if guidance is None:
         guidance = 0.0 if adapter_cls.true_cfg else adapter_cls.default_guidance
-    table = encode_digit_prompts(pipe, [digits_prompt(d, variant) for d in range(10)])
-    log_count = None
-    if compressed:
-        table, log_count = compress_prompt_kwargs(table)
-    kwargs = {
-        k: (v[labels] if not k.startswith("negative_") else v.expand(labels.shape[0], *v.shape[1:]))
-        for k, v in table.items()
-    }
+    prompts = [digits_prompt(int(d), variant) for d in labels]
     call = dict(
         height=IMAGE_SIZE,
         width=IMAGE_SIZE,
@@ -625,11 +492,57 @@ def pipeline_digits(
         guidance_scale=adapter_cls.pipeline_guidance_scale(guidance),
         generator=generator,
         output_type="pt",
-        **kwargs,
     )
-    if log_count is None:
-        images = pipe(**call).images
-    else:
-        with counted_attention(pipe.transformer, log_count):
-            images = pipe(**call).images
-    return rgb_to_digits(images)
+    if not compressed:
+        return rgb_to_digits(pipe(prompt=prompts, **call).images)
+    with adapter_cls.pipeline_prompt_kwargs(pipe, prompts, pipe._execution_device) as text:
+        return rgb_to_digits(pipe(**text, **call).images)
+
+
+# ----------------------------------------------------------------------------------------- demo settings
+
+DEMO_TEACHER_GUIDANCE = {"flux-digits": 3.5, "sd3-digits": 0.5}
+"""Teacher guidance of ``scfm demo --model NAME`` in scfm's convention. Flux: the embedded value (the pipeline
+default; this model learned to ignore it). SD3: CFG w (pipeline guidance_scale w + 1). CFG raises this teacher's
+FD (32 steps, ``bench/miniature_quality.py``, noise seed 999, not the demo's: w 0 1.25, w 0.5 2.22, w 3.5 6.47;
+class accuracy 0.997 -> 1.000), so the demo guides gently: runtime CFG is exercised at a cost FD can show."""
+
+DEMO_SCALED_DOWN: dict[str, Any] = {
+    "max_steps": 1500,
+    "batch_size": 64,
+    "lr": 5e-4,
+    "warmup_steps": 20,
+    "lr_schedule": "cosine",
+    "lora.rank": 32,
+    "lora.alpha": 32.0,
+    "fast_decay": 0.95,
+    "slow_decay": 0.99,
+    "log_every": 10,
+}
+"""What ``scfm demo --model NAME`` changes in the family's preset (:attr:`VelocityAdapter.recommended_config` over
+the spec's defaults) to train in minutes on 2 CPU cores: the step count, batch and rates (flux-digits: 4-step
+FD 2.63 after 1500 steps, 2.88 after 400). The EMA horizons are shortened from the official 0.99 / 0.999 (runs
+of thousands of steps at lr 2e-5) to 0.95 / 0.99 for a 1500-step run at lr 5e-4. The algorithm, the targets,
+the shift distribution and the guidance handling stay the family's."""
+
+
+CFG_DEMO_STEPS = 700
+"""Distillation steps of the true-CFG demos: guided targets double every no-grad pass, so 1500 steps took 508 s
+(sd3-digits, runtime CFG: whole demo 739 s, over the 10-minute budget; 4-step FD 2.21 against the teacher's 2.62
+at 32 steps)."""
+
+
+def demo_config(name: str, cfg_mode: str | None = None) -> dict[str, Any]:
+    """Dotted :class:`~scfm.train.config.DistillConfig` fields of ``scfm demo --model name``: the family's
+    preset, :data:`DEMO_SCALED_DOWN`, and for true-CFG families ``cfg_mode`` (default "runtime") at the demo's
+    teacher guidance."""
+    from scfm.models.adapters import get_adapter
+
+    _check_name(name)
+    adapter_cls = get_adapter(name.split("-")[0])
+    fields = {**adapter_cls.recommended_config, **DEMO_SCALED_DOWN}
+    if adapter_cls.true_cfg:
+        fields.update(cfg_mode=cfg_mode or "runtime", cfg_scale=DEMO_TEACHER_GUIDANCE[name], max_steps=CFG_DEMO_STEPS)
+    elif cfg_mode not in (None, "none"):
+        raise ValueError(f"cfg_mode={cfg_mode!r}: {name} guides by an embedded value, not CFG; leave cfg_mode unset")
+    return fields

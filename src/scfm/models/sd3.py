@@ -45,6 +45,7 @@ import torch
 
 from scfm.models.adapters import VelocityAdapter, expand_batch, register_adapter, vae_decode_latents, vae_encode_images
 from scfm.models.cfg import CFG_MODES, TrueCFG, combine_cfg  # noqa: F401  (CFG_MODES re-exported)
+from scfm.models.counted_text import TEXT_LOG_COUNT, text_counts
 
 SD3_LORA_TARGETS: tuple[str, ...] = (
     # embedders (the reference also lists "pos_embed.proj", a Conv2d: scfm's LoRA adapts Linear layers only)
@@ -97,7 +98,14 @@ class SD3Adapter(TrueCFG, VelocityAdapter):
         "final_weights": "student",
         "lora.alpha": 64.0,
     }
-    cond_keys = ("prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")
+    cond_keys = (
+        "prompt_embeds",
+        "pooled_prompt_embeds",
+        "negative_prompt_embeds",
+        "negative_pooled_prompt_embeds",
+        TEXT_LOG_COUNT,
+    )
+    counted_text = True
     default_shift = 3.0
     """SD3's own scheduler shift and the official SCFM SD3 inference app's."""
 
@@ -116,6 +124,10 @@ class SD3Adapter(TrueCFG, VelocityAdapter):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
         self._check_cond(cond)
+        with text_counts(self.transformer, cond) as text_cond:
+            return self._velocity(x, t, text_cond)
+
+    def _velocity(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
         t = self._check_x_t(x, t)
         b, _, h, w = x.shape
         p = self.patch_size
@@ -200,16 +212,17 @@ class SD3Adapter(TrueCFG, VelocityAdapter):
         config's ``cfg_scale``); the pipeline is called with ``guidance_scale = w + 1`` (its form is
         ``v_neg + s (v_c - v_neg)``), so w = 0 means no CFG. Returns x0 [B, C, h, w] float32.
         """
-        latents = pipe(
-            prompt=list(prompts),
-            height=height,
-            width=width,
-            num_inference_steps=steps,
-            guidance_scale=float(guidance) + 1.0,
-            generator=generator,
-            output_type="latent",
-            return_dict=False,
-        )[0]
+        with cls.pipeline_prompt_kwargs(pipe, prompts, pipe._execution_device) as text:
+            latents = pipe(
+                **text,
+                height=height,
+                width=width,
+                num_inference_steps=steps,
+                guidance_scale=float(guidance) + 1.0,
+                generator=generator,
+                output_type="latent",
+                return_dict=False,
+            )[0]
         return latents.float()
 
     @classmethod

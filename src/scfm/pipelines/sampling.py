@@ -111,6 +111,17 @@ def lora_scale_kwargs(pipe: Any, scale: float) -> dict[str, dict[str, float]]:
     raise ValueError(f"{type(pipe).__name__} takes no attention kwargs, so a LoRA scale cannot be passed to it")
 
 
+@contextmanager
+def _prompt_kwargs(adapter_cls: type[VelocityAdapter], pipe: Any, prompts: list[str]) -> Iterator[dict[str, Any]]:
+    """``prompt=prompts``, or for families with counted text their embeddings cut where that is exact
+    (:meth:`VelocityAdapter.pipeline_prompt_kwargs`: the same images to float rounding, far fewer text tokens)."""
+    if not adapter_cls.counted_text:
+        yield {"prompt": list(prompts)}
+        return
+    with adapter_cls.pipeline_prompt_kwargs(pipe, list(prompts), pipe._execution_device) as text:
+        yield text
+
+
 @torch.no_grad()
 def sample_pipeline(
     pipe: Any,
@@ -159,7 +170,6 @@ def sample_pipeline(
     shift = resolve_shift(adapter_cls, pipe, shift, height, width)
     sigmas = time_grid(steps, shift, dtype=torch.float64)[:-1].tolist()  # the scheduler appends t = 0
     kwargs: dict[str, Any] = dict(
-        prompt=list(prompts),
         height=height,
         width=width,
         num_inference_steps=steps,
@@ -173,8 +183,11 @@ def sample_pipeline(
         kwargs["num_frames"] = int(num_frames or adapter_cls.num_frames)
     if "sigmas" in params:
         kwargs["sigmas"] = sigmas
-    with identity_sigma_scheduler(pipe, sigmas=None if "sigmas" in params else sigmas):
-        out = pipe(**kwargs)[0]
+    with (
+        identity_sigma_scheduler(pipe, sigmas=None if "sigmas" in params else sigmas),
+        _prompt_kwargs(adapter_cls, pipe, prompts) as text,
+    ):
+        out = pipe(**text, **kwargs)[0]
     if output == "images":
         return out.float().cpu()
     return adapter_cls.pipeline_latents(pipe, out, height, width).float()

@@ -78,7 +78,11 @@ def build_data(config: DistillConfig) -> Iterable[dict[str, Any]]:
         adapter_cls = adapter_class_for(model_path(config), config.local_files_only)
         check_cache(config, adapter_cls)
         return CacheBatches(
-            cache_path(config), config.batch_size, seed=config.seed, guidance_range=guidance_range(config)
+            cache_path(config),
+            config.batch_size,
+            seed=config.seed,
+            guidance_range=guidance_range(config),
+            transform=adapter_cls.compact_cond,
         )
     if spec == "digits":
         return DigitsBatches(config.batch_size, seed=config.seed)
