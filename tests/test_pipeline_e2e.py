@@ -508,3 +508,19 @@ def test_scfm_distill_on_a_cache_ends_with_a_calibration_table_that_scfm_sample_
     other = 1.0 if scale != 1.0 else 0.5
     assert main([*common, "--lora-scale", str(other), "--out", str(tmp_path / "other.png")]) == 0
     assert (tmp_path / "other.png").read_bytes() != (tmp_path / "calibrated.png").read_bytes()
+
+
+def test_scfm_sample_uses_the_final_weights_by_default_and_no_table_for_another_copy(e2e, tmp_path, capsys):
+    from scfm.train.run_folder import read_run_config
+
+    final = read_run_config(e2e.run).final_weights
+    other = next(w for w in ("student", "fast_ema", "slow_ema") if w != final)
+    common = ["sample", "--run", str(e2e.run), "--prompt", "a red cat", "--steps", "2"]
+    common += ["--height", "32", "--width", "48", "--dtype", "fp32", "--device", "cpu"]
+    assert main([*common, "--out", str(tmp_path / "default.png")]) == 0
+    assert main([*common, "--weights", final, "--out", str(tmp_path / "final.png")]) == 0
+    assert (tmp_path / "default.png").read_bytes() == (tmp_path / "final.png").read_bytes()
+    capsys.readouterr()
+    assert main([*common, "--weights", other, "--out", str(tmp_path / "other.png")]) == 0
+    out = capsys.readouterr().out
+    assert f"calibrated for its final weights ({final})" in out and "LoRA scale 1 at 2 steps (default)" in out

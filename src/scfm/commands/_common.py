@@ -35,7 +35,10 @@ def add_dtype_flag(parser: argparse.ArgumentParser, default: str = "auto", what:
 
 def add_weights_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--weights", default="slow_ema", choices=FINAL_WEIGHTS, help="with --run: which LoRA copy (default slow_ema)"
+        "--weights",
+        default=None,
+        choices=FINAL_WEIGHTS,
+        help="with --run: which LoRA copy (default: the run's final_weights, the copy its LoRA-scale table is for)",
     )
 
 
@@ -64,7 +67,8 @@ class ModelSource:
     lora: Path | None
     """Diffusers-format LoRA file; None: the run's LoRA (exported on demand) or, without a run, no LoRA."""
     run: Path | None = None
-    weights: str = "slow_ema"
+    weights: str | None = None
+    """With a run: its LoRA copy (None: the run's ``final_weights``)."""
     local_files_only: bool = False
     lora_scales: dict[int, float] = field(default_factory=dict)
     """The run's calibrated LoRA scale per step count (empty without a run or a calibration)."""
@@ -96,8 +100,15 @@ def resolve_model_source(args: argparse.Namespace, lora_required: bool) -> Model
             )
         config = read_run_config(args.run, diffusers_only=True)
         local = config.local_files_only or args.local_files_only
+        weights = args.weights or config.final_weights
         scales = {int(n): float(k) for n, k in read_saved_config(args.run).get("lora_scales", {}).items()}
-        return ModelSource(model_path(config), None, args.run, args.weights, local, scales)
+        if weights != config.final_weights and scales:
+            print(
+                f"note: the run's LoRA-scale table is calibrated for its final weights ({config.final_weights}), "
+                f"not --weights {weights}: scale 1 unless --lora-scale"
+            )
+            scales = {}
+        return ModelSource(model_path(config), None, args.run, weights, local, scales)
     if args.model is None or (lora_required and args.lora is None):
         need = "--model (pipeline folder / Hub id) with --lora (diffusers LoRA .safetensors)"
         raise ValueError(f"give exactly one of --run RUN_DIR or {need}" + ("" if lora_required else " or none"))

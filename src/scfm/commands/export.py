@@ -151,12 +151,13 @@ def export_run(
     run_dir: str | Path,
     fmt: str,
     out: str | Path,
-    weights: str = "slow_ema",
+    weights: str | None = None,
     dtype: str | None = None,
     lora_scale: float = 1.0,
     force: bool = False,
 ) -> Path:
-    """Write the run's LoRA copy ``weights`` in format ``fmt``; returns the written file or folder.
+    """Write the run's LoRA copy ``weights`` (None: its ``final_weights``, the copy its LoRA-scale table is for)
+    in format ``fmt``; returns the written file or folder.
 
     - ``diffusers``: ``out`` (a .safetensors path, or a folder that gets ``pytorch_lora_weights.safetensors``),
       loadable with ``pipe.load_lora_weights``; ``dtype`` casts (default float32, as trained).

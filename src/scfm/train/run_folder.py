@@ -52,15 +52,18 @@ def read_run_config(run_dir: str | os.PathLike, diffusers_only: bool = False) ->
 
 
 def load_run(
-    run_dir: str | os.PathLike, weights: str = "slow_ema", model_dtype: str | None = None
+    run_dir: str | os.PathLike, weights: str | None = None, model_dtype: str | None = None
 ) -> tuple[DistilledModel, DistillConfig]:
     """(the run's distilled model with LoRA copy ``weights`` loaded, on the CPU; the run's config).
 
+    ``weights`` None: the run's ``final_weights`` (the copy its LoRA-scale table was calibrated for).
+
     ``model_dtype`` overrides the dtype the frozen diffusers transformer is loaded in.
     """
-    if weights not in FINAL_WEIGHTS:
+    if weights is not None and weights not in FINAL_WEIGHTS:
         raise ValueError(f"weights={weights!r} must be one of {FINAL_WEIGHTS}")
     config = read_run_config(run_dir)
+    weights = weights or config.final_weights
     if model_dtype is not None:
         config.model_dtype = model_dtype
     student = DistilledModel.load(run_dir, build_teacher(config))
