@@ -524,3 +524,38 @@ def test_scfm_sample_uses_the_final_weights_by_default_and_no_table_for_another_
     assert main([*common, "--weights", other, "--out", str(tmp_path / "other.png")]) == 0
     out = capsys.readouterr().out
     assert f"calibrated for its final weights ({final})" in out and "LoRA scale 1 at 2 steps (default)" in out
+
+
+def test_exported_files_say_how_to_use_them_and_scfm_sample_reads_it(e2e, tmp_path, capsys):
+    from safetensors import safe_open
+
+    from scfm.models.adapters import adapter_class_for
+    from scfm.train.run_folder import read_run_config
+
+    config = read_run_config(e2e.run)
+    adapter_cls = adapter_class_for(e2e.model, local_files_only=True)
+    saved = json.loads((e2e.run / "scfm_config.json").read_text())["lora_scales"]
+    files = {fmt: tmp_path / f"{fmt}.safetensors" for fmt in ("diffusers", "comfyui")}
+    for fmt, path in files.items():
+        assert main(["export", "--run", str(e2e.run), "--format", fmt, "--out", str(path)]) == 0
+    metas = {}
+    for fmt, path in files.items():
+        with safe_open(str(path), framework="pt") as handle:
+            metas[fmt] = handle.metadata()
+    for meta in metas.values():
+        assert meta["format"] == "pt" and meta["modelspec.sai_model_spec"] == "1.0.0"
+        assert meta["modelspec.architecture"].endswith("/lora") and meta["modelspec.date"]
+        assert json.loads(meta["scfm.lora_scales"]) == {n: float(k) for n, k in saved.items()}
+        assert float(meta["scfm.shift"]) == adapter_cls.default_shift
+        assert meta["scfm.final_weights"] == config.final_weights and meta["ss_network_dim"] == str(config.lora.rank)
+        assert "Euler" in meta["modelspec.usage_hint"] and ("scfm.cfg_mode" in meta) == adapter_cls.true_cfg
+    assert float(metas["diffusers"]["ss_network_alpha"]) == config.lora.rank  # alpha / rank baked into lora_B
+    assert float(metas["comfyui"]["ss_network_alpha"]) == config.lora.alpha
+    common = ["sample", "--prompt", "a red cat", "--steps", "2", "--height", "32", "--width", "48"]
+    common += ["--dtype", "fp32", "--device", "cpu"]
+    capsys.readouterr()
+    lora = ["--model", str(e2e.model), "--lora", str(files["diffusers"]), "--local-files-only"]
+    assert main([*common, *lora, "--out", str(tmp_path / "file.png")]) == 0
+    assert f"LoRA scale {float(saved['2']):g} at 2 steps (the file's calibration)" in capsys.readouterr().out
+    assert main([*common, "--run", str(e2e.run), "--out", str(tmp_path / "run.png")]) == 0
+    assert (tmp_path / "file.png").read_bytes() == (tmp_path / "run.png").read_bytes()

@@ -37,7 +37,9 @@ use :func:`export_diffusers_lora` for diffusers.
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +111,11 @@ def _check_target(path: str | os.PathLike, overwrite: bool) -> Path:
 
 
 def export_diffusers_lora(
-    result: Any, path: str | os.PathLike, dtype: torch.dtype | None = None, overwrite: bool = False
+    result: Any,
+    path: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write the LoRA of a distilled Flux/SD3 adapter as a diffusers-format safetensors file.
 
@@ -117,15 +123,16 @@ def export_diffusers_lora(
     ``alpha / rank`` is multiplied into ``lora_B`` (the format has no alpha; diffusers loads it with
     scale 1), so the loaded delta is exact. Load with ``pipe.load_lora_weights(path)`` or
     ``transformer.load_lora_adapter(path, prefix="transformer")``. ``dtype`` casts the tensors
-    (default: as trained, float32). Raises ``ValueError`` when ``result`` is not a diffusers adapter, and
-    ``FileExistsError`` when ``path`` exists and ``overwrite`` is False (the file is written atomically).
+    (default: as trained, float32); ``metadata`` (str -> str, e.g. :func:`usage_metadata`) is stored in the
+    file's header. Raises ``ValueError`` when ``result`` is not a diffusers adapter, and ``FileExistsError``
+    when ``path`` exists and ``overwrite`` is False (the file is written atomically).
     """
     path = _check_target(path, overwrite)
     tensors: dict[str, torch.Tensor] = {}
     for name, (a, b, scale) in lora_factors(result).items():
         tensors[f"{PREFIX}.{name}.lora_A.weight"] = _cast(a, dtype)
         tensors[f"{PREFIX}.{name}.lora_B.weight"] = _cast(b.float() * scale, dtype)
-    return atomic_save_safetensors(tensors, path, metadata={"format": "pt"})
+    return atomic_save_safetensors(tensors, path, metadata={**(metadata or {}), "format": "pt"})
 
 
 def kohya_name(module_path: str) -> str:
@@ -134,7 +141,11 @@ def kohya_name(module_path: str) -> str:
 
 
 def export_kohya_lora(
-    result: Any, path: str | os.PathLike, dtype: torch.dtype | None = None, overwrite: bool = False
+    result: Any,
+    path: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write the LoRA as kohya-style keys for ComfyUI (see the module docstring for the naming).
 
@@ -149,4 +160,81 @@ def export_kohya_lora(
         tensors[f"{key}.lora_down.weight"] = _cast(a, dtype)
         tensors[f"{key}.lora_up.weight"] = _cast(b, dtype)
         tensors[f"{key}.alpha"] = torch.tensor(scale * a.shape[0], dtype=torch.float32)
-    return atomic_save_safetensors(tensors, path, metadata={"format": "pt"})
+    return atomic_save_safetensors(tensors, path, metadata={**(metadata or {}), "format": "pt"})
+
+
+@dataclass
+class LoraUsage:
+    """How to use an exported LoRA, written into its file header by :func:`usage_metadata`."""
+
+    architecture: str
+    """sai_model_spec architecture of the base (``flux-1-dev``); ``/lora`` is appended."""
+    base_model: str
+    """The base pipeline's Hub id or folder name."""
+    rank: int
+    alpha: float
+    """The file's own alpha (a diffusers file bakes alpha / rank into ``lora_B``: alpha = rank)."""
+    lora_scales: dict[int, float]
+    """Calibrated LoRA strength per step count (empty: none calibrated)."""
+    shift: float
+    """Fixed shift of the Euler sampling grid the student is meant for."""
+    guidance: float
+    """Guidance in scfm's convention (embedded value, or CFG w; 0: none)."""
+    cfg_mode: str | None
+    """True-CFG families: runtime / baked / none; None otherwise."""
+    final_weights: str
+    title: str = ""
+    resolution: str = ""
+
+
+def usage_metadata(usage: LoraUsage) -> dict[str, str]:
+    """Safetensors header entries (str -> str): ``modelspec.*`` (sai_model_spec 1.0.0), kohya's
+    ``ss_network_dim`` / ``ss_network_alpha``, and ``scfm.*`` (LoRA strength per step count, shift, guidance,
+    CFG mode, recommended steps, base model, final weights)."""
+    from datetime import datetime, timezone
+
+    from scfm._version import __version__
+
+    steps = sorted(usage.lora_scales) or [4]
+    strengths = ", ".join(f"{n} steps: {usage.lora_scales[n]:g}" for n in steps if n in usage.lora_scales)
+    hint = (
+        f"SCFM few-step LoRA: plain Euler, {steps[0]}-{steps[-1]} steps, shift {usage.shift:g}, guidance "
+        f"{usage.guidance:g}" + (f", LoRA strength {strengths}" if strengths else ", LoRA strength 1")
+    )
+    meta = {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": f"{usage.architecture}/lora",
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": usage.title or f"SCFM few-step LoRA for {usage.base_model}",
+        "modelspec.date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "modelspec.usage_hint": hint,
+        "ss_network_dim": str(usage.rank),
+        "ss_network_alpha": f"{usage.alpha:g}",
+        "scfm.version": __version__,
+        "scfm.base_model": usage.base_model,
+        "scfm.lora_scales": json.dumps({str(n): usage.lora_scales[n] for n in sorted(usage.lora_scales)}),
+        "scfm.recommended_steps": json.dumps(steps),
+        "scfm.shift": f"{usage.shift:g}",
+        "scfm.guidance": f"{usage.guidance:g}",
+        "scfm.final_weights": usage.final_weights,
+    }
+    if usage.resolution:
+        meta["modelspec.resolution"] = usage.resolution
+    if usage.cfg_mode is not None:
+        meta["scfm.cfg_mode"] = usage.cfg_mode
+    return meta
+
+
+def read_usage(path: str | os.PathLike) -> tuple[dict[int, float], float | None]:
+    """(LoRA strength per step count, sampling shift or None) from a LoRA file's ``scfm.*`` header entries; empty
+    and None for files without them."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata() or {}
+    try:
+        scales = {int(n): float(k) for n, k in json.loads(meta.get("scfm.lora_scales", "{}")).items()}
+        shift = float(meta["scfm.shift"]) if "scfm.shift" in meta else None
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{str(path)!r} has unreadable scfm.* metadata ({err}); re-export it") from err
+    return scales, shift

@@ -71,7 +71,12 @@ class ModelSource:
     """With a run: its LoRA copy (None: the run's ``final_weights``)."""
     local_files_only: bool = False
     lora_scales: dict[int, float] = field(default_factory=dict)
-    """The run's calibrated LoRA scale per step count (empty without a run or a calibration)."""
+    """The calibrated LoRA scale per step count: the run's, or the ``scfm.lora_scales`` of the LoRA file's header
+    (empty without either)."""
+    shift: float | None = None
+    """The sampling shift a LoRA file's header names (``scfm.shift``); None: the family default."""
+    scales_from: str = "the run's calibration"
+    """Where ``lora_scales`` come from, for messages."""
 
     def lora_scale(self, steps: int, given: float | None) -> float:
         """``given`` (``--lora-scale``) if set, else the calibrated scale for ``steps``, else 1."""
@@ -116,7 +121,19 @@ def resolve_model_source(args: argparse.Namespace, lora_required: bool) -> Model
         raise FileNotFoundError(
             f"--lora {str(args.lora)!r} does not exist; write one with scfm export --format diffusers"
         )
-    return ModelSource(str(args.model), args.lora, local_files_only=args.local_files_only)
+    if args.lora is None:
+        return ModelSource(str(args.model), None, local_files_only=args.local_files_only)
+    from scfm.export import read_usage
+
+    scales, shift = read_usage(args.lora)
+    return ModelSource(
+        str(args.model),
+        args.lora,
+        local_files_only=args.local_files_only,
+        lora_scales=scales,
+        shift=shift,
+        scales_from="the file's calibration",
+    )
 
 
 def device_and_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:

@@ -21,6 +21,7 @@ from typing import Any
 from scfm.commands._common import DIFFUSERS_WEIGHT_NAME, add_weights_flag, new_command
 from scfm.devices import DTYPES
 from scfm.distilled import CONFIG_FILE, EMA_FAST_FILE, EMA_SLOW_FILE, LORA_FILE, STUDENT_FILE
+from scfm.export import LoraUsage
 from scfm.train.run_folder import load_run, read_run_config
 
 EXPORT_FORMATS = ("diffusers", "comfyui", "fused")
@@ -170,7 +171,7 @@ def export_run(
     weight loads unless ``force``. Files are replaced atomically; a fused folder is written next to
     ``out`` and swapped in only once complete (the old one is deleted after the swap).
     """
-    from scfm.export import export_diffusers_lora, export_kohya_lora
+    from scfm.export import export_diffusers_lora, export_kohya_lora, usage_metadata
 
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format={fmt!r} must be one of {EXPORT_FORMATS}")
@@ -187,8 +188,40 @@ def export_run(
         return _write_folder(
             target, lambda folder: transformer.save_pretrained(folder, safe_serialization=True), force, Path(run_dir)
         )
-    result, _ = load_run(run_dir, weights)
+    result, config = load_run(run_dir, weights)
     cast = DTYPES[dtype] if dtype is not None else None
+    usage = run_usage(Path(run_dir), result, config, weights or config.final_weights)
     if fmt == "diffusers":
-        return export_diffusers_lora(result, target, dtype=cast, overwrite=force)
-    return export_kohya_lora(result, target, dtype=cast, overwrite=force)
+        usage.alpha = float(usage.rank)  # alpha / rank is baked into lora_B
+        return export_diffusers_lora(result, target, dtype=cast, overwrite=force, metadata=usage_metadata(usage))
+    return export_kohya_lora(result, target, dtype=cast, overwrite=force, metadata=usage_metadata(usage))
+
+
+def run_usage(run_dir: Path, result: Any, config: Any, weights: str) -> LoraUsage:
+    """How to use the run's LoRA copy ``weights``: the calibrated strengths (only for the run's final weights,
+    which they were measured for), the family's sampling shift, the guidance it was distilled for."""
+    from scfm.data.cache_store import read_meta
+    from scfm.distilled import read_saved_config
+    from scfm.train.sources import cache_path, model_path
+
+    adapter = result.model
+    scales = read_saved_config(run_dir).get("lora_scales", {}) if weights == config.final_weights else {}
+    guidance = adapter.default_guidance
+    if adapter.true_cfg:
+        guidance = config.cfg_scale if config.cfg_mode == "runtime" else 0.0
+    try:
+        resolution = ",".join(read_meta(cache_path(config)).get("buckets", []))
+    except (OSError, ValueError):
+        resolution = ""
+    return LoraUsage(
+        architecture=adapter.modelspec_architecture(adapter.transformer.config),
+        base_model=model_path(config),
+        rank=config.lora.rank,
+        alpha=config.lora.alpha,
+        lora_scales={int(n): float(k) for n, k in scales.items()},
+        shift=float(adapter.default_shift),
+        guidance=float(guidance),
+        cfg_mode=config.cfg_mode if adapter.true_cfg else None,
+        final_weights=weights,
+        resolution=resolution,
+    )

@@ -71,7 +71,7 @@ def sample_to_files(args: argparse.Namespace) -> list[Path]:
             load_lora(pipe, lora)
     scale = source.lora_scale(args.steps, args.lora_scale)
     if lora is not None:
-        calibrated = "the run's calibration" if args.steps in source.lora_scales else "default"
+        calibrated = source.scales_from if args.steps in source.lora_scales else "default"
         how = "--lora-scale" if args.lora_scale is not None else calibrated
         print(f"LoRA scale {scale:g} at {args.steps} steps ({how})")
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(args.prompt))]
@@ -80,7 +80,7 @@ def sample_to_files(args: argparse.Namespace) -> list[Path]:
         args.prompt,
         args.steps,
         lora_scale=scale,
-        shift=args.shift,
+        shift=args.shift if args.shift is not None else source.shift,
         generator=generators,
         height=args.height,
         width=args.width,

@@ -210,6 +210,12 @@ class VelocityAdapter(nn.Module):
         return latents
 
     @classmethod
+    def modelspec_architecture(cls, transformer_config: Mapping[str, Any]) -> str:
+        """The base model's ``modelspec.architecture`` (sai_model_spec 1.0, without the ``/lora`` suffix) for a
+        transformer with this ``config.json``; here the adapter's name."""
+        return cls.adapter_name
+
+    @classmethod
     def compact_cond(cls, cond: dict[str, Any]) -> dict[str, Any]:
         """``cond`` with its padded text cut where that is exact (:func:`scfm.models.counted_text.compact_text_cond`)
         for families with ``counted_text``; unchanged otherwise. Caches store full text; batches are cut."""

@@ -145,6 +145,11 @@ class FluxAdapter(VelocityAdapter):
     draw_guidance = staticmethod(draw_guidance)
     with_guidance = staticmethod(with_guidance)
 
+    @classmethod
+    def modelspec_architecture(cls, transformer_config: Any) -> str:
+        """``flux-1-dev`` for guidance-distilled transformers, ``flux-1-schnell`` otherwise (kohya's names)."""
+        return "flux-1-dev" if transformer_config.get("guidance_embeds") else "flux-1-schnell"
+
     def __init__(self, transformer: torch.nn.Module) -> None:
         super().__init__(transformer)
         cfg = transformer.config

@@ -109,6 +109,11 @@ class SD3Adapter(TrueCFG, VelocityAdapter):
     default_shift = 3.0
     """SD3's own scheduler shift and the official SCFM SD3 inference app's."""
 
+    @classmethod
+    def modelspec_architecture(cls, transformer_config: Any) -> str:
+        """``stable-diffusion-3`` (sai_model_spec's family name; the size is not in the transformer config)."""
+        return "stable-diffusion-3"
+
     def __init__(self, transformer: torch.nn.Module, guidance_scale: float = 3.5, cfg_mode: str = "runtime") -> None:
         super().__init__(transformer)
         self._init_cfg(guidance_scale, cfg_mode)
