@@ -57,7 +57,7 @@ from torch import nn
 
 from scfm.models.adapters import VelocityAdapter
 from scfm.models.counted_text import compress_text, counted_attention
-from scfm.models.tiny import _bytes_to_unicode, t5_vocab
+from scfm.models.tiny import bytes_to_unicode, t5_vocab
 
 MINIATURE_MODELS = ("flux-digits", "sd3-digits")
 """Names of the miniature pipelines (folders under ``scfm/assets/``)."""
@@ -185,7 +185,7 @@ def write_clip_tokenizer(directory: str | Path, words: tuple[str, ...] = PROMPT_
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in _bytes_to_unicode().values():
+    for ch in bytes_to_unicode().values():
         vocab[ch] = len(vocab)
         vocab[ch + "</w>"] = len(vocab)
     merges: list[tuple[str, str]] = []

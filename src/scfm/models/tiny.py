@@ -51,7 +51,7 @@ T5_WIDTH = 32
 """Default d_model of the tiny T5 / UMT5 text encoders (text embeddings [B, L, 32])."""
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2 / CLIP byte-level alphabet: every byte to a printable unicode character."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -76,7 +76,7 @@ def write_tiny_clip_tokenizer(directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in _bytes_to_unicode().values():
+    for ch in bytes_to_unicode().values():
         vocab[ch] = len(vocab)
         vocab[ch + "</w>"] = len(vocab)
     (directory / "vocab.json").write_text(json.dumps(vocab))

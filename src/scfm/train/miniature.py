@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from scfm.objective.flow import flow_matching_target, interpolate
 from scfm.objective.grids import shift_fixed
-from scfm.train.pretrain import _lr_factor
+from scfm.train.pretrain import pretrain_lr_factor
 
 
 @dataclass
@@ -132,7 +132,7 @@ def train_latent_flow(
     params = [p for p in velocity.parameters() if p.requires_grad]
     ema_params = [p for p, q in zip(ema.parameters(), velocity.parameters()) if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: pretrain_lr_factor(s, cfg))
     velocity.train()
     bar = tqdm(range(cfg.steps), desc="flow matching", disable=not progress, mininterval=10.0)
     for step in bar:

@@ -39,7 +39,8 @@ class PretrainConfig:
     """Plan config for the shortcut rows (fm_ratio is taken from above); None = unshifted defaults."""
 
 
-def _lr_factor(step: int, cfg: PretrainConfig) -> float:
+def pretrain_lr_factor(step: int, cfg: PretrainConfig) -> float:
+    """Learning-rate multiplier at ``step``: linear warmup over ``cfg.warmup`` steps, then cosine decay to 0.1."""
     if step < cfg.warmup:
         return (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
@@ -82,7 +83,7 @@ def pretrain_flow_matching(
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: pretrain_lr_factor(s, cfg))
     folded = None
     if cfg.fm_ratio < 1.0:
         plan = cfg.shortcut or PlanConfig(shift_range=(1.0, 1.0), resolution_shift_prob=0.0)

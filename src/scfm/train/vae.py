@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from scfm.train.pretrain import _lr_factor
+from scfm.train.pretrain import pretrain_lr_factor
 
 
 @dataclass
@@ -49,7 +49,7 @@ def train_autoencoder(
     device = next(vae.parameters()).device
     params = [p for p in vae.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: pretrain_lr_factor(s, cfg))
     vae.train()
     bar = tqdm(range(cfg.steps), desc="vae", disable=not progress, mininterval=10.0)
     for _ in bar:
