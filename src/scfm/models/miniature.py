@@ -57,7 +57,7 @@ from torch import nn
 
 from scfm.models.adapters import VelocityAdapter
 from scfm.models.counted_text import compress_text, counted_attention
-from scfm.models.tiny import bytes_to_unicode, t5_vocab
+from scfm.models.tiny import bytes_to_unicode, clip_text_encoder, t5_text_encoder, t5_vocab
 
 MINIATURE_MODELS = ("flux-digits", "sd3-digits")
 """Names of the miniature pipelines (folders under ``scfm/assets/``)."""
@@ -244,50 +244,16 @@ def rgb_to_digits(images: torch.Tensor, value_range: tuple[float, float] = (0.0,
 
 
 def _clip_encoder(cls_name: str, vocab_size: int, seed: int) -> nn.Module:
-    import transformers
-
-    torch.manual_seed(seed)
-    config = transformers.CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=CLIP_WIDTH,
-        intermediate_size=2 * CLIP_WIDTH,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        max_position_embeddings=CLIP_MAX_LENGTH,
-        projection_dim=CLIP_WIDTH,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        hidden_act="gelu",
+    """A frozen random CLIP text encoder of width :data:`CLIP_WIDTH` for the digits tokenizer."""
+    encoder = clip_text_encoder(
+        cls_name, seed, vocab_size, width=CLIP_WIDTH, intermediate=2 * CLIP_WIDTH, max_length=CLIP_MAX_LENGTH
     )
-    return getattr(transformers, cls_name)(config).eval().requires_grad_(False)
+    return encoder.requires_grad_(False)
 
 
 def _t5_encoder(vocab_size: int, seed: int) -> nn.Module:
-    """A 2-layer T5 encoder with zero relative position bias: no position information, so identical input tokens
-    (the padding) get identical outputs wherever they sit."""
-    from transformers import T5Config, T5EncoderModel
-
-    torch.manual_seed(seed)
-    config = T5Config(
-        vocab_size=vocab_size,
-        d_model=T5_WIDTH,
-        d_ff=2 * T5_WIDTH,
-        d_kv=16,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    model = T5EncoderModel(config).eval().requires_grad_(False)
-    with torch.no_grad():
-        for module in model.modules():
-            bias = getattr(module, "relative_attention_bias", None)
-            if bias is not None:
-                bias.weight.zero_()
-    return model
+    """A frozen random 2-layer T5 encoder of width :data:`T5_WIDTH` without position bias (identical padding)."""
+    return t5_text_encoder(seed, T5_WIDTH, 2, vocab_size, d_kv=16, position_bias=False).requires_grad_(False)
 
 
 def _scheduler(name: str):

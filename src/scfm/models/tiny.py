@@ -117,18 +117,28 @@ def t5_vocab() -> list[tuple[str, float]]:
     return pieces
 
 
-def _clip_encoder(cls_name: str, seed: int):
+def clip_text_encoder(
+    cls_name: str,
+    seed: int,
+    vocab_size: int | None = None,
+    width: int = CLIP_WIDTH,
+    intermediate: int = 37,
+    max_length: int = CLIP_MAX_LENGTH,
+) -> torch.nn.Module:
+    """A random 2-layer ``transformers.<cls_name>`` (CLIPTextModel or CLIPTextModelWithProjection) of hidden and
+    projection width ``width``, weights from ``torch.manual_seed(seed)``, in eval mode; ``vocab_size`` defaults to
+    the tiny tokenizer's."""
     import transformers
 
     torch.manual_seed(seed)
     config = transformers.CLIPTextConfig(
-        vocab_size=clip_vocab_size(),
-        hidden_size=CLIP_WIDTH,
-        intermediate_size=37,
+        vocab_size=vocab_size or clip_vocab_size(),
+        hidden_size=width,
+        intermediate_size=intermediate,
         num_attention_heads=4,
         num_hidden_layers=2,
-        max_position_embeddings=CLIP_MAX_LENGTH,
-        projection_dim=CLIP_WIDTH,
+        max_position_embeddings=max_length,
+        projection_dim=width,
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=1,
@@ -137,15 +147,20 @@ def _clip_encoder(cls_name: str, seed: int):
     return getattr(transformers, cls_name)(config).eval()
 
 
-def _t5_encoder(seed: int, width: int, layers: int):
+def t5_text_encoder(
+    seed: int, width: int, layers: int, vocab_size: int | None = None, d_kv: int = 8, position_bias: bool = True
+) -> torch.nn.Module:
+    """A random T5 encoder of ``d_model`` ``width`` and ``layers`` layers (weights from ``torch.manual_seed(seed)``),
+    in eval mode. ``position_bias=False`` zeroes the relative position bias: no position information, so identical
+    input tokens (the padding) get identical outputs wherever they sit."""
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
     config = T5Config(
-        vocab_size=len(t5_vocab()),
+        vocab_size=vocab_size or len(t5_vocab()),
         d_model=width,
         d_ff=2 * width,
-        d_kv=8,
+        d_kv=d_kv,
         num_layers=layers,
         num_heads=4,
         relative_attention_num_buckets=8,
@@ -153,7 +168,14 @@ def _t5_encoder(seed: int, width: int, layers: int):
         eos_token_id=1,
         decoder_start_token_id=0,
     )
-    return T5EncoderModel(config).eval()
+    model = T5EncoderModel(config).eval()
+    if not position_bias:
+        with torch.no_grad():
+            for module in model.modules():
+                bias = getattr(module, "relative_attention_bias", None)
+                if bias is not None:
+                    bias.weight.zero_()
+    return model
 
 
 def _vae(seed: int, shift_factor: float, scaling_factor: float):
@@ -221,9 +243,9 @@ def build_tiny_flux_pipeline(
     pipe = FluxPipeline(
         scheduler=scheduler,
         vae=_vae(seed + 1, shift_factor=0.1159, scaling_factor=0.3611),
-        text_encoder=_clip_encoder("CLIPTextModel", seed + 2),
+        text_encoder=clip_text_encoder("CLIPTextModel", seed + 2),
         tokenizer=CLIPTokenizer.from_pretrained(clip_dir),
-        text_encoder_2=_t5_encoder(seed + 3, t5_width, t5_layers),
+        text_encoder_2=t5_text_encoder(seed + 3, t5_width, t5_layers),
         tokenizer_2=T5TokenizerFast.from_pretrained(t5_dir),
         transformer=transformer,
     )
@@ -269,11 +291,11 @@ def build_tiny_sd3_pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
         vae=_vae(seed + 1, shift_factor=0.0609, scaling_factor=1.5305),
-        text_encoder=_clip_encoder("CLIPTextModelWithProjection", seed + 2),
+        text_encoder=clip_text_encoder("CLIPTextModelWithProjection", seed + 2),
         tokenizer=CLIPTokenizer.from_pretrained(clip_dir),
-        text_encoder_2=_clip_encoder("CLIPTextModelWithProjection", seed + 3),
+        text_encoder_2=clip_text_encoder("CLIPTextModelWithProjection", seed + 3),
         tokenizer_2=CLIPTokenizer.from_pretrained(clip_dir),
-        text_encoder_3=_t5_encoder(seed + 4, t5_width, t5_layers),
+        text_encoder_3=t5_text_encoder(seed + 4, t5_width, t5_layers),
         tokenizer_3=T5TokenizerFast.from_pretrained(t5_dir),
     )
     pipe.save_pretrained(out)
