@@ -120,15 +120,15 @@ def test_kohya_export_names_shapes_and_alpha_give_the_exact_delta(flux, tmp_path
     factors = lora_factors(result)
     assert len(sd) == 3 * len(factors)
     for name, (a, b, scale) in factors.items():
-        key = kohya_name(name)
+        key = kohya_name(name, type(result.model))
         assert key.startswith("lora_transformer_") and "." not in key
         down, up, alpha = sd[f"{key}.lora_down.weight"], sd[f"{key}.lora_up.weight"], sd[f"{key}.alpha"]
         assert down.shape == a.shape and up.shape == b.shape and alpha.ndim == 0
         assert alpha.item() == ALPHA
         torch.testing.assert_close(alpha / down.shape[0] * up @ down, scale * b @ a)
     if flux:
-        assert kohya_name("transformer_blocks.0.attn.to_q") == "lora_transformer_transformer_blocks_0_attn_to_q"
-        assert f"{kohya_name('transformer_blocks.0.attn.to_q')}.lora_down.weight" in sd
+        key = kohya_name("transformer_blocks.0.attn.to_q", type(result.model))
+        assert key == "lora_transformer_transformer_blocks_0_attn_to_q" and f"{key}.lora_down.weight" in sd
 
 
 def test_diffusers_flux_kohya_loader_reads_the_attention_keys_with_their_alpha(tmp_path):

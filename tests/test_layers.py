@@ -15,6 +15,7 @@ LAYERS = (
     "train",
     "data",
     "pipelines",
+    "model_card",
     "export",
     "calibration",
     "sampling",

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -542,6 +543,8 @@ def test_exported_files_say_how_to_use_them_and_scfm_sample_reads_it(e2e, tmp_pa
     for fmt, path in files.items():
         with safe_open(str(path), framework="pt") as handle:
             metas[fmt] = handle.metadata()
+            lora_keys = [k for k in handle.keys() if not k.endswith(".alpha")]
+            assert {handle.get_tensor(k).dtype for k in lora_keys} == {torch.bfloat16}  # the default export dtype
     for meta in metas.values():
         assert meta["format"] == "pt" and meta["modelspec.sai_model_spec"] == "1.0.0"
         assert meta["modelspec.architecture"].endswith("/lora") and meta["modelspec.date"]
@@ -551,6 +554,23 @@ def test_exported_files_say_how_to_use_them_and_scfm_sample_reads_it(e2e, tmp_pa
         assert "Euler" in meta["modelspec.usage_hint"] and ("scfm.cfg_mode" in meta) == adapter_cls.true_cfg
     assert float(metas["diffusers"]["ss_network_alpha"]) == config.lora.rank  # alpha / rank baked into lora_B
     assert float(metas["comfyui"]["ss_network_alpha"]) == config.lora.alpha
+    fused = sorted((e2e.root / "fused").glob("*.safetensors"))
+    assert fused
+    for path in fused:  # the fused transformer's files say how to sample it too
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata()
+        assert meta["scfm.merged_lora_strength"] == "1" and meta[
+            "modelspec.architecture"
+        ] == adapter_cls.modelspec_architecture(json.loads((e2e.root / "fused" / "config.json").read_text()))
+        assert float(meta["scfm.shift"]) == adapter_cls.default_shift and "ss_network_dim" not in meta
+    files["diffusers"] = tmp_path / "fp32.safetensors"  # scfm sample --run exports in float32: compare like with like
+    assert (
+        main(
+            ["export", "--run", str(e2e.run), "--format", "diffusers", "--out", str(files["diffusers"])]
+            + ["--dtype", "fp32"]
+        )
+        == 0
+    )
     common = ["sample", "--prompt", "a red cat", "--steps", "2", "--height", "32", "--width", "48"]
     common += ["--dtype", "fp32", "--device", "cpu"]
     capsys.readouterr()
@@ -559,3 +579,79 @@ def test_exported_files_say_how_to_use_them_and_scfm_sample_reads_it(e2e, tmp_pa
     assert f"LoRA scale {float(saved['2']):g} at 2 steps (the file's calibration)" in capsys.readouterr().out
     assert main([*common, "--run", str(e2e.run), "--out", str(tmp_path / "run.png")]) == 0
     assert (tmp_path / "file.png").read_bytes() == (tmp_path / "run.png").read_bytes()
+
+
+# ----------------------------------------------------------------------------- model cards
+
+
+def _read_card(path: Path):
+    from huggingface_hub import ModelCard
+
+    return ModelCard.load(path)
+
+
+def test_diffusers_export_writes_a_model_card_whose_snippet_reproduces_scfm_sampling(e2e, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from scfm.model_card import CARD_MARK
+
+    export = tmp_path / "export"
+    assert main(["export", "--run", str(e2e.run), "--format", "diffusers", "--out", str(export)]) == 0
+    card = _read_card(export / "README.md")
+    adapter_cls = ADAPTERS[e2e.family]
+    assert card.data.library_name == "diffusers" and card.data.pipeline_tag == adapter_cls.pipeline_tag
+    assert {"lora", "scfm", "few-step"} <= set(card.data.tags) and "base_model" not in card.data.to_dict()  # local
+    text = (export / "README.md").read_text()
+    assert CARD_MARK in text and "| LoRA strength |" in text and "KSampler scheduler | simple" in text
+    assert "From the run's calibration" in text  # no eval given: the calibration's table
+    saved = {int(n): float(k) for n, k in json.loads((e2e.run / "scfm_config.json").read_text())["lora_scales"].items()}
+    snippet = text.split("```python\n", 1)[1].split("```", 1)[0]
+    settings = f"steps, shift, lora_strength = 4, {adapter_cls.default_shift:g}, {saved[4]:g}\n"
+    assert settings in snippet
+    # the tiny run's teacher_max is 4, so its 4-step strength is 0 (the teacher): run the snippet at 2 steps
+    snippet = snippet.replace(settings, f"steps, shift, lora_strength = 2, {adapter_cls.default_shift:g}, {saved[2]}\n")
+    assert saved[2] > 0
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet, "README.md snippet", "exec"), {})  # runs as written against the tiny pipeline
+    with Image.open(tmp_path / "scfm.png") as im:
+        got = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32).copy()).reshape(-1, 3)
+    pipe, _ = load_pipeline(e2e.model, local_files_only=True)
+    load_lora(pipe, export / "pytorch_lora_weights.safetensors")
+    prompt = snippet.split("pipe(\n    ", 1)[1].split(",\n", 1)[0]
+    config = load_config(e2e.config)
+    guidance = config.cfg_scale if adapter_cls.true_cfg else adapter_cls.default_guidance
+    want = sample_pipeline(
+        pipe, [eval(prompt)], 2, saved[2], generator=torch.Generator().manual_seed(0), guidance=guidance
+    )
+    want = (want[0].permute(1, 2, 0).reshape(-1, 3) * 255).round()
+    assert got.shape == want.shape and (got - want).abs().max() <= 2
+
+
+def test_every_run_folder_gets_a_card_and_a_users_readme_is_never_replaced(e2e, tmp_path, capsys):
+    card = _read_card(e2e.run / "README.md")
+    assert card.data.library_name == "diffusers" and "scfm export --run" in card.text
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("my notes\n")
+    capsys.readouterr()
+    assert main(["export", "--run", str(e2e.run), "--format", "diffusers", "--out", str(mine), "--force"]) == 2
+    assert "is not an scfm model card" in capsys.readouterr().err
+    assert (mine / "README.md").read_text() == "my notes\n" and not (mine / "pytorch_lora_weights.safetensors").exists()
+    again = tmp_path / "again"
+    assert main(["export", "--run", str(e2e.run), "--format", "diffusers", "--out", str(again)]) == 0
+    assert main(["export", "--run", str(e2e.run), "--format", "diffusers", "--out", str(again)]) == 2  # no --force
+    assert main(["export", "--run", str(e2e.run), "--format", "diffusers", "--out", str(again), "--force"]) == 0
+
+
+def test_diffusers_reads_the_lora_adapter_metadata(e2e, tmp_path):
+    from diffusers.utils.state_dict_utils import _load_sft_state_dict_metadata
+    from peft import LoraConfig
+
+    path = tmp_path / "lora.safetensors"
+    assert main(["export", "--run", str(e2e.run), "--format", "diffusers", "--out", str(path)]) == 0
+    meta = _load_sft_state_dict_metadata(str(path))
+    config = LoraConfig(**{k.removeprefix("transformer."): v for k, v in meta.items()})
+    names = {k.removeprefix("transformer.").rsplit(".lora_", 1)[0] for k in load_safetensors(path)}
+    assert config.r == RANK and config.lora_alpha == RANK and set(config.target_modules) == names
+    pipe, _ = load_pipeline(e2e.model, local_files_only=True)
+    assert len(load_lora(pipe, path)) == len(names)  # diffusers builds the adapter from the metadata

@@ -301,7 +301,7 @@ def test_export_refuses_to_overwrite_without_force(run_dir, tmp_path, monkeypatc
     assert lora.read_bytes() != VICTIM_BYTES and any(".lora_A." in k for k in load_safetensors(lora))
     assert export(run_dir, "fused", fused, "--force") == 0
     assert not (fused / "old.txt").exists() and (fused / "config.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["comfy", "fused", "lora.safetensors"]  # no temp, no .old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["comfy", "fused", "lora.md", "lora.safetensors"]  # + card
 
     result, _ = load_run(run_dir)
     for write in (export_diffusers_lora, export_kohya_lora):

@@ -16,18 +16,22 @@ BAKED INTO ``lora_B``: the file's ``B @ A`` is exactly the delta the distilled m
 (Consequently ``lora_B`` in the file differs from ``DistilledModel.save``'s ``lora_B`` by that
 factor whenever ``lora_alpha != lora_rank``.)
 
-:func:`export_kohya_lora` - kohya-style keys (``lora_down`` / ``lora_up`` / ``alpha``) under
-the OneTrainer prefix ``lora_transformer_``::
+:func:`export_kohya_lora` - kohya-style keys (``lora_down`` / ``lora_up`` / ``alpha``) under the
+name ComfyUI maps onto each module of the family's model (the adapter's ``comfyui_lora_key``)::
 
-    lora_transformer_<module path, "." -> "_">.lora_down.weight   (= lora_A)
-    lora_transformer_<module path, "." -> "_">.lora_up.weight     (= lora_B, unscaled)
-    lora_transformer_<module path, "." -> "_">.alpha              (0-dim float32 tensor)
+    <name>.lora_down.weight   (= lora_A)
+    <name>.lora_up.weight     (= lora_B, unscaled)
+    <name>.alpha              (0-dim float32 tensor)
 
-with the module path the diffusers one (``transformer_blocks_0_attn_to_q``, not the BFL
-``double_blocks_0_img_attn_qkv``); the delta is ``alpha / rank * up @ down``, exactly the
-trained one. ComfyUI maps ``lora_transformer_<diffusers path>`` onto its Flux and SD3 models
-(the "OneTrainer" entries of ``comfy.lora.model_lora_keys_unet``). ``lora_unet_`` is not used:
-for Flux that prefix means BFL module names (fused qkv), which would need re-packing.
+the delta being ``alpha / rank * up @ down``, exactly the trained one. For Flux and SD3 the name
+is the OneTrainer form ``lora_transformer_<diffusers module path, "." -> "_">``
+(``lora_transformer_transformer_blocks_0_attn_to_q``, not the BFL ``double_blocks_0_img_attn_qkv``):
+ComfyUI maps these diffusers names onto its Flux and SD3 models only (the "OneTrainer" entries of
+``comfy.lora.model_lora_keys_unet``). ``lora_unet_`` is not used: for Flux that prefix means BFL
+module names (fused qkv), which would need re-packing. For Wan, whose ComfyUI model maps no
+diffusers names, the name is the original Wan module under ``diffusion_model.``
+(``diffusion_model.blocks.0.self_attn.q`` for ``blocks.0.attn1.to_q``; ComfyUI's generic entries);
+a module without one (a fused projection) is refused with a ``ValueError`` before anything is written.
 diffusers' own Flux kohya loader (``_convert_kohya_flux_lora_to_diffusers``, the
 ``lora_transformer_`` "mixture" branch) reads these keys with the correct alpha scaling, but
 only maps the attention projections and the top-level embedders/output layers; it does not
@@ -50,7 +54,6 @@ from scfm.fileio import atomic_save_safetensors
 from scfm.weights.lora import ADAPTER, has_lora
 
 PREFIX = "transformer"
-KOHYA_PREFIX = "lora_transformer_"
 
 
 def _diffusers_model(result: Any) -> nn.Module:
@@ -124,20 +127,49 @@ def export_diffusers_lora(
     scale 1), so the loaded delta is exact. Load with ``pipe.load_lora_weights(path)`` or
     ``transformer.load_lora_adapter(path, prefix="transformer")``. ``dtype`` casts the tensors
     (default: as trained, float32); ``metadata`` (str -> str, e.g. :func:`usage_metadata`) is stored in the
-    file's header. Raises ``ValueError`` when ``result`` is not a diffusers adapter, and ``FileExistsError``
-    when ``path`` exists and ``overwrite`` is False (the file is written atomically).
+    file's header, with diffusers' ``lora_adapter_metadata`` (the peft LoraConfig it loads the file with).
+    Raises ``ValueError`` when ``result`` is not a diffusers adapter, and ``FileExistsError`` when ``path``
+    exists and ``overwrite`` is False (the file is written atomically).
     """
     path = _check_target(path, overwrite)
     tensors: dict[str, torch.Tensor] = {}
-    for name, (a, b, scale) in lora_factors(result).items():
+    factors = lora_factors(result)
+    for name, (a, b, scale) in factors.items():
         tensors[f"{PREFIX}.{name}.lora_A.weight"] = _cast(a, dtype)
         tensors[f"{PREFIX}.{name}.lora_B.weight"] = _cast(b.float() * scale, dtype)
-    return atomic_save_safetensors(tensors, path, metadata={**(metadata or {}), "format": "pt"})
+    header = {**(metadata or {}), LORA_ADAPTER_METADATA_KEY: adapter_metadata(factors), "format": "pt"}
+    return atomic_save_safetensors(tensors, path, metadata=header)
 
 
-def kohya_name(module_path: str) -> str:
-    """``transformer_blocks.0.attn.to_q`` -> ``lora_transformer_transformer_blocks_0_attn_to_q``."""
-    return KOHYA_PREFIX + module_path.replace(".", "_")
+LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"
+"""diffusers' header key (``diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY``, diffusers >= 0.34): JSON of
+the peft ``LoraConfig`` kwargs, each prefixed with the component (``transformer.r``)."""
+
+
+def adapter_metadata(factors: dict[str, tuple[torch.Tensor, torch.Tensor, float]]) -> str:
+    """diffusers' ``lora_adapter_metadata`` for a diffusers-format file of ``factors`` (alpha / rank baked into
+    ``lora_B``, so ``lora_alpha = r``): r, lora_alpha and the exact module paths, plus per-module ranks where they
+    differ. diffusers then builds the LoraConfig from it instead of guessing from the tensor shapes."""
+    ranks = {name: int(a.shape[0]) for name, (a, _, _) in factors.items()}
+    r = max(set(ranks.values()), key=list(ranks.values()).count) if ranks else 0
+    pattern = {name: k for name, k in ranks.items() if k != r}
+    config = {
+        "r": r,
+        "lora_alpha": r,
+        "target_modules": sorted(ranks),
+        "rank_pattern": pattern,
+        "alpha_pattern": dict(pattern),
+        "use_dora": False,
+    }
+    return json.dumps({f"{PREFIX}.{k}": v for k, v in config.items()}, indent=2, sort_keys=True)
+
+
+def kohya_name(module_path: str, adapter: type) -> str:
+    """The ComfyUI LoRA name of the transformer module ``module_path`` (its diffusers path) in the family of the
+    adapter class ``adapter`` (its ``comfyui_lora_key``; Flux / SD3: ``transformer_blocks.0.attn.to_q`` ->
+    ``lora_transformer_transformer_blocks_0_attn_to_q``). Raises ``ValueError`` naming the module when the family's
+    ComfyUI model has no weight for it, or scfm knows no ComfyUI names for the family."""
+    return adapter.comfyui_lora_key(module_path)
 
 
 def export_kohya_lora(
@@ -150,13 +182,24 @@ def export_kohya_lora(
     """Write the LoRA as kohya-style keys for ComfyUI (see the module docstring for the naming).
 
     Per layer: ``<name>.lora_down.weight`` = A, ``<name>.lora_up.weight`` = B and ``<name>.alpha``
-    = scale * rank (the trained lora_alpha), so that ``alpha / rank * up @ down`` is the exact delta.
-    Raises ``FileExistsError`` when ``path`` exists and ``overwrite`` is False (the file is written atomically).
+    = scale * rank (the trained lora_alpha), so that ``alpha / rank * up @ down`` is the exact delta; ``<name>``
+    is :func:`kohya_name` for the result's adapter class. Raises ``ValueError`` before writing anything when
+    ComfyUI has no name for some LoRA module (or two modules would share one), and ``FileExistsError`` when
+    ``path`` exists and ``overwrite`` is False (the file is written atomically).
     """
+    from collections import Counter
+
     path = _check_target(path, overwrite)
+    factors = lora_factors(result)
+    adapter = type(_diffusers_model(result))
+    keys = {name: kohya_name(name, adapter) for name in factors}  # every name first: refuse before writing
+    uses = Counter(keys.values())
+    shared = sorted(name for name, key in keys.items() if uses[key] > 1)
+    if shared:
+        raise ValueError(f"modules {shared} would share a ComfyUI LoRA name; leave all but one out of the LoRA")
     tensors: dict[str, torch.Tensor] = {}
-    for name, (a, b, scale) in lora_factors(result).items():
-        key = kohya_name(name)
+    for name, (a, b, scale) in factors.items():
+        key = keys[name]
         tensors[f"{key}.lora_down.weight"] = _cast(a, dtype)
         tensors[f"{key}.lora_up.weight"] = _cast(b, dtype)
         tensors[f"{key}.alpha"] = torch.tensor(scale * a.shape[0], dtype=torch.float32)
@@ -185,6 +228,8 @@ class LoraUsage:
     final_weights: str
     title: str = ""
     resolution: str = ""
+    merged_strength: float | None = None
+    """A fused transformer: the LoRA strength merged into its weights (then no ``/lora`` suffix, no strengths)."""
 
 
 def usage_metadata(usage: LoraUsage) -> dict[str, str]:
@@ -197,19 +242,22 @@ def usage_metadata(usage: LoraUsage) -> dict[str, str]:
 
     steps = sorted(usage.lora_scales) or [4]
     strengths = ", ".join(f"{n} steps: {usage.lora_scales[n]:g}" for n in steps if n in usage.lora_scales)
+    merged = usage.merged_strength is not None
     hint = (
-        f"SCFM few-step LoRA: plain Euler, {steps[0]}-{steps[-1]} steps, shift {usage.shift:g}, guidance "
-        f"{usage.guidance:g}" + (f", LoRA strength {strengths}" if strengths else ", LoRA strength 1")
+        f"SCFM few-step {'model (LoRA merged)' if merged else 'LoRA'}: plain Euler, {steps[0]}-{steps[-1]} steps, "
+        f"shift {usage.shift:g}, guidance {usage.guidance:g}"
     )
+    if merged:
+        hint += f", LoRA strength {usage.merged_strength:g} merged"
+    else:
+        hint += f", LoRA strength {strengths}" if strengths else ", LoRA strength 1"
     meta = {
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": f"{usage.architecture}/lora",
+        "modelspec.architecture": usage.architecture if merged else f"{usage.architecture}/lora",
         "modelspec.implementation": "diffusers",
         "modelspec.title": usage.title or f"SCFM few-step LoRA for {usage.base_model}",
         "modelspec.date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "modelspec.usage_hint": hint,
-        "ss_network_dim": str(usage.rank),
-        "ss_network_alpha": f"{usage.alpha:g}",
         "scfm.version": __version__,
         "scfm.base_model": usage.base_model,
         "scfm.lora_scales": json.dumps({str(n): usage.lora_scales[n] for n in sorted(usage.lora_scales)}),
@@ -218,10 +266,14 @@ def usage_metadata(usage: LoraUsage) -> dict[str, str]:
         "scfm.guidance": f"{usage.guidance:g}",
         "scfm.final_weights": usage.final_weights,
     }
+    if not merged:
+        meta.update({"ss_network_dim": str(usage.rank), "ss_network_alpha": f"{usage.alpha:g}"})
     if usage.resolution:
         meta["modelspec.resolution"] = usage.resolution
     if usage.cfg_mode is not None:
         meta["scfm.cfg_mode"] = usage.cfg_mode
+    if merged:
+        meta["scfm.merged_lora_strength"] = f"{usage.merged_strength:g}"
     return meta
 
 

@@ -92,3 +92,36 @@ def save_png(image: torch.Tensor, path: str | os.PathLike) -> Path:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def add_safetensors_metadata(path: str | os.PathLike, metadata: Mapping[str, str]) -> Path:
+    """Merge ``metadata`` (str -> str) into the header of the safetensors file ``path``, atomically.
+
+    Only the JSON header is rewritten (its ``__metadata__`` entry, padded to 8 bytes); the tensor bytes are copied
+    as they are, in 64 MiB chunks, so a multi-GB file costs no RAM. A file that is not safetensors raises
+    ``ValueError`` naming it.
+    """
+    path = Path(path)
+    with open(path, "rb") as src:
+        size = int.from_bytes(src.read(8), "little")
+        try:
+            header = json.loads(src.read(size))
+        except ValueError as err:
+            raise ValueError(f"{str(path)!r} is not a safetensors file ({err})") from err
+        header["__metadata__"] = {**header.get("__metadata__", {}), **{str(k): str(v) for k, v in metadata.items()}}
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        raw += b" " * (-len(raw) % 8)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, 0o666 & ~_UMASK)
+            with os.fdopen(fd, "wb") as dst:
+                dst.write(len(raw).to_bytes(8, "little") + raw)
+                while chunk := src.read(64 << 20):
+                    dst.write(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return path

@@ -88,7 +88,9 @@ class ModelSource:
             return self.lora
         from scfm.commands.export import export_run
 
-        return export_run(self.run, "diffusers", tmp / DIFFUSERS_WEIGHT_NAME, weights=self.weights)
+        return export_run(
+            self.run, "diffusers", tmp / DIFFUSERS_WEIGHT_NAME, weights=self.weights, dtype="fp32", card=False
+        )
 
 
 def resolve_model_source(args: argparse.Namespace, lora_required: bool) -> ModelSource:

@@ -228,7 +228,9 @@ def run_pipeline_demo(
     train_seconds = time.perf_counter() - t0
     from scfm.commands.export import export_run
 
-    lora_file = export_run(out / "run", "diffusers", out / "export", weights=config.final_weights, force=True)
+    lora_file = export_run(
+        out / "run", "diffusers", out / "export", weights=config.final_weights, dtype="fp32", force=True, card=False
+    )
     pipe, adapter_cls = load_pipeline(model, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     shift = resolve_shift(adapter_cls, pipe, None, IMAGE_SIZE, IMAGE_SIZE)
@@ -290,6 +292,7 @@ def run_pipeline_demo(
     }
     atomic_write_json(out / "metrics.json", metrics)
     _write_report(out, metrics)
+    export_run(out / "run", "diffusers", out / "export", dtype="fp32", force=True, eval_dir=out)  # with its card
     return metrics
 
 

@@ -44,6 +44,13 @@ _BUILTIN_MODULES = ("scfm.models.flux", "scfm.models.sd3", "scfm.models.wan")
 A = TypeVar("A", bound=type)
 
 
+def onetrainer_lora_key(module_path: str) -> str:
+    """OneTrainer's ComfyUI LoRA name of a diffusers module: ``transformer_blocks.0.attn.to_q`` ->
+    ``lora_transformer_transformer_blocks_0_attn_to_q`` (ComfyUI maps these for its Flux and SD3 models:
+    ``comfy.lora.model_lora_keys_unet``)."""
+    return "lora_transformer_" + module_path.replace(".", "_")
+
+
 def register_adapter(name: str) -> Callable[[A], A]:
     """Class decorator: register a :class:`VelocityAdapter` subclass under ``name``."""
 
@@ -214,6 +221,43 @@ class VelocityAdapter(nn.Module):
         """The base model's ``modelspec.architecture`` (sai_model_spec 1.0, without the ``/lora`` suffix) for a
         transformer with this ``config.json``; here the adapter's name."""
         return cls.adapter_name
+
+    @classmethod
+    def comfyui_lora_key(cls, module_path: str) -> str:
+        """The LoRA name ComfyUI maps onto the transformer module ``module_path`` (its diffusers path, e.g.
+        ``transformer_blocks.0.attn.to_q``): the base of the ``.lora_up.weight`` / ``.lora_down.weight`` / ``.alpha``
+        keys of a ComfyUI LoRA file (:func:`scfm.export.export_kohya_lora`).
+
+        Families override it with the names ComfyUI's model takes (Flux, SD3: :func:`onetrainer_lora_key`; Wan: its
+        native ``diffusion_model.<module>`` names) and raise ``ValueError`` naming a module ComfyUI has no weight
+        for. Here (a family whose ComfyUI names nobody checked): ``ValueError``, since ComfyUI would skip every key.
+        """
+        raise ValueError(
+            f"ComfyUI's LoRA key names for the {cls.adapter_name or cls.__name__} family are not known to scfm, so "
+            f"ComfyUI would skip every key of {module_path!r}; export --format diffusers instead"
+        )
+
+    pipeline_tag: ClassVar[str] = "text-to-image"
+    """The Hub's ``pipeline_tag`` for the family's pipelines (model cards)."""
+
+    @classmethod
+    def base_license(cls, base_model: str) -> dict[str, str]:
+        """Model-card license fields of a known base model id (``license``; with ``"other"`` also ``license_name``
+        and ``license_link``); {} when the base is not one the family knows."""
+        return {}
+
+    @classmethod
+    def comfyui_settings(cls, shift: float, guidance: float) -> list[tuple[str, str]]:
+        """(ComfyUI node input, value) rows that sample the student as scfm does: Euler on the ``simple`` schedule
+        (``1 - i / n``, shifted) with the grid's fixed ``shift`` set by ``ModelSamplingSD3`` and ``guidance`` in
+        scfm's convention (true CFG: KSampler cfg = w + 1; otherwise cfg 1)."""
+        cfg = cls.pipeline_guidance_scale(guidance) if cls.true_cfg else 1.0
+        return [
+            ("ModelSamplingSD3 shift", f"{shift:g}"),
+            ("KSampler sampler_name", "euler"),
+            ("KSampler scheduler", "simple"),
+            ("KSampler cfg", f"{cfg:g}"),
+        ]
 
     @classmethod
     def compact_cond(cls, cond: dict[str, Any]) -> dict[str, Any]:

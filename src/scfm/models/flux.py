@@ -33,6 +33,7 @@ import torch
 from scfm.models.adapters import (
     VelocityAdapter,
     expand_batch,
+    onetrainer_lora_key,
     read_component_config,
     register_adapter,
     vae_decode_latents,
@@ -149,6 +150,40 @@ class FluxAdapter(VelocityAdapter):
     def modelspec_architecture(cls, transformer_config: Any) -> str:
         """``flux-1-dev`` for guidance-distilled transformers, ``flux-1-schnell`` otherwise (kohya's names)."""
         return "flux-1-dev" if transformer_config.get("guidance_embeds") else "flux-1-schnell"
+
+    @classmethod
+    def comfyui_lora_key(cls, module_path: str) -> str:
+        """OneTrainer's ``lora_transformer_<diffusers path>`` names, which ComfyUI maps for this family."""
+        return onetrainer_lora_key(module_path)
+
+    @classmethod
+    def base_license(cls, base_model: str) -> dict[str, str]:
+        """FLUX.1-schnell: apache-2.0; FLUX.1-dev: its non-commercial license; {} for other bases."""
+        name = base_model.lower()
+        if "flux.1-schnell" in name:
+            return {"license": "apache-2.0"}
+        if "flux.1-dev" in name:
+            return {
+                "license": "other",
+                "license_name": "flux-1-dev-non-commercial-license",
+                "license_link": "https://huggingface.co/black-forest-labs/FLUX.1-dev/blob/main/LICENSE.md",
+            }
+        return {}
+
+    @classmethod
+    def comfyui_settings(cls, shift: float, guidance: float) -> list[tuple[str, str]]:
+        """ComfyUI's Flux sampling: ``ModelSamplingFlux`` with max_shift = base_shift = ln(shift) (a fixed shift
+        whatever the resolution), the embedded guidance in ``FluxGuidance``, KSampler euler / simple / cfg 1."""
+        import math
+
+        return [
+            ("ModelSamplingFlux max_shift", f"{math.log(shift):.4f}"),
+            ("ModelSamplingFlux base_shift", f"{math.log(shift):.4f}"),
+            ("FluxGuidance guidance", f"{guidance:g}"),
+            ("KSampler sampler_name", "euler"),
+            ("KSampler scheduler", "simple"),
+            ("KSampler cfg", "1"),
+        ]
 
     def __init__(self, transformer: torch.nn.Module) -> None:
         super().__init__(transformer)

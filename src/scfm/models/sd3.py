@@ -43,7 +43,14 @@ from typing import Any
 
 import torch
 
-from scfm.models.adapters import VelocityAdapter, expand_batch, register_adapter, vae_decode_latents, vae_encode_images
+from scfm.models.adapters import (
+    VelocityAdapter,
+    expand_batch,
+    onetrainer_lora_key,
+    register_adapter,
+    vae_decode_latents,
+    vae_encode_images,
+)
 from scfm.models.cfg import CFG_MODES, TrueCFG, combine_cfg  # noqa: F401  (CFG_MODES re-exported)
 from scfm.models.counted_text import TEXT_LOG_COUNT, text_counts
 
@@ -113,6 +120,22 @@ class SD3Adapter(TrueCFG, VelocityAdapter):
     def modelspec_architecture(cls, transformer_config: Any) -> str:
         """``stable-diffusion-3`` (sai_model_spec's family name; the size is not in the transformer config)."""
         return "stable-diffusion-3"
+
+    @classmethod
+    def comfyui_lora_key(cls, module_path: str) -> str:
+        """OneTrainer's ``lora_transformer_<diffusers path>`` names, which ComfyUI maps for this family."""
+        return onetrainer_lora_key(module_path)
+
+    @classmethod
+    def base_license(cls, base_model: str) -> dict[str, str]:
+        """Stability AI's SD3 / SD3.5 releases: the Stability AI Community License; {} for other bases."""
+        if not base_model.lower().startswith("stabilityai/stable-diffusion-3"):
+            return {}
+        return {
+            "license": "other",
+            "license_name": "stabilityai-ai-community",
+            "license_link": f"https://huggingface.co/{base_model}/blob/main/LICENSE.md",
+        }
 
     def __init__(self, transformer: torch.nn.Module, guidance_scale: float = 3.5, cfg_mode: str = "runtime") -> None:
         super().__init__(transformer)

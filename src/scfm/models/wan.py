@@ -94,6 +94,75 @@ WAN_NEGATIVE_PROMPT = (
 version is in diffusers' WanPipeline example. Not the default: the spec's default is ""."""
 
 
+# ----------------------------------------------------------------------------- native module names
+
+WAN_NATIVE_NAMES: dict[str, str] = {
+    "patch_embedding": "patch_embedding",
+    "condition_embedder.time_embedder.linear_1": "time_embedding.0",
+    "condition_embedder.time_embedder.linear_2": "time_embedding.2",
+    "condition_embedder.time_proj": "time_projection.1",
+    "condition_embedder.text_embedder.linear_1": "text_embedding.0",
+    "condition_embedder.text_embedder.linear_2": "text_embedding.2",
+    "condition_embedder.image_embedder.norm1": "img_emb.proj.0",
+    "condition_embedder.image_embedder.ff.net.0.proj": "img_emb.proj.1",
+    "condition_embedder.image_embedder.ff.net.2": "img_emb.proj.3",
+    "condition_embedder.image_embedder.norm2": "img_emb.proj.4",
+    "proj_out": "head.head",
+}
+"""Diffusers ``WanTransformer3DModel`` module -> the original Wan module (the names of Wan-AI's checkpoints and of
+ComfyUI's ``WanModel``), outside the blocks. Every entry is a rename with the same weight shape."""
+
+WAN_NATIVE_BLOCK_NAMES: dict[str, str] = {
+    "attn1.to_q": "self_attn.q",
+    "attn1.to_k": "self_attn.k",
+    "attn1.to_v": "self_attn.v",
+    "attn1.to_out.0": "self_attn.o",
+    "attn1.norm_q": "self_attn.norm_q",
+    "attn1.norm_k": "self_attn.norm_k",
+    "attn2.to_q": "cross_attn.q",
+    "attn2.to_k": "cross_attn.k",
+    "attn2.to_v": "cross_attn.v",
+    "attn2.to_out.0": "cross_attn.o",
+    "attn2.norm_q": "cross_attn.norm_q",
+    "attn2.norm_k": "cross_attn.norm_k",
+    "attn2.add_k_proj": "cross_attn.k_img",  # image-to-video cross-attention on the CLIP image tokens
+    "attn2.add_v_proj": "cross_attn.v_img",
+    "attn2.norm_added_k": "cross_attn.norm_k_img",
+    "norm2": "norm3",  # the affine norm before cross-attention: diffusers swapped the names of norm2 and norm3
+    "ffn.net.0.proj": "ffn.0",
+    "ffn.net.2": "ffn.2",
+}
+"""The same inside block N (``blocks.N.<diffusers>`` -> ``blocks.N.<native>``), also same shapes."""
+
+_FUSED_PROJECTIONS = ("attn1.to_qkv", "attn2.to_kv", "attn2.to_added_kv")
+
+
+def native_module_name(module_path: str) -> str:
+    """The original Wan name of the diffusers ``WanTransformer3DModel`` module ``module_path``
+    (:data:`WAN_NATIVE_NAMES`, :data:`WAN_NATIVE_BLOCK_NAMES`): ``blocks.0.attn1.to_q`` -> ``blocks.0.self_attn.q``.
+
+    Raises ``ValueError`` naming the module when the original model has no counterpart: fused projections
+    (``attn1.to_qkv`` after diffusers' ``fuse_qkv_projections``) and modules that are not the Wan 2.1 / 2.2
+    transformer's.
+    """
+    if module_path in WAN_NATIVE_NAMES:
+        return WAN_NATIVE_NAMES[module_path]
+    block, _, inner = module_path.removeprefix("blocks.").partition(".")
+    if module_path.startswith("blocks.") and block.isdigit() and inner in WAN_NATIVE_BLOCK_NAMES:
+        return f"blocks.{block}.{WAN_NATIVE_BLOCK_NAMES[inner]}"
+    if inner in _FUSED_PROJECTIONS:
+        why = (
+            "it is a fused projection (diffusers' fuse_qkv_projections), and the original Wan model keeps q, k and v "
+            "as separate Linear layers; attach the LoRA to an unfused transformer"
+        )
+    else:
+        why = (
+            "the original Wan model has no such module (scfm.models.wan.WAN_NATIVE_NAMES and WAN_NATIVE_BLOCK_NAMES "
+            "list the ones it has); leave it out of the LoRA targets"
+        )
+    raise ValueError(f"Wan transformer module {module_path!r} has no original Wan name: {why}")
+
+
 # ----------------------------------------------------------------------------- scheduler check
 
 
@@ -159,6 +228,7 @@ class WanAdapter(TrueCFG, VelocityAdapter):
     latent_ndim = 5
     default_shift = 3.0
     """Wan 2.1's flow_shift at 480p (inside the training range U[2.5, 4.5])."""
+    pipeline_tag = "text-to-video"
 
     default_negative_prompt: ClassVar[str] = ""
     """Negative prompt of the pipeline hooks when none is given (the spec's empty prompt)."""
@@ -167,6 +237,17 @@ class WanAdapter(TrueCFG, VelocityAdapter):
     frames keeps teacher data cheap; Wan 2.1 is trained and sampled at 81)."""
     max_sequence_length: ClassVar[int] = 512
     """Text tokens per prompt, zero-padded: WanPipeline.__call__'s default (its encode_prompt defaults to 226)."""
+
+    @classmethod
+    def comfyui_lora_key(cls, module_path: str) -> str:
+        """``diffusion_model.<original Wan module>``: ComfyUI maps no diffusers names onto its Wan model, only the
+        original ones under ``diffusion_model.`` (the generic entries of ``comfy.lora.model_lora_keys_unet``), e.g.
+        ``blocks.0.attn1.to_q`` -> ``diffusion_model.blocks.0.self_attn.q`` (:func:`native_module_name`, which raises
+        ``ValueError`` for a module the original model lacks)."""
+        try:
+            return "diffusion_model." + native_module_name(module_path)
+        except ValueError as err:
+            raise ValueError(f"{err} (ComfyUI loads Wan LoRAs under the original names only)") from err
 
     def __init__(
         self,
@@ -328,6 +409,11 @@ class WanAdapter(TrueCFG, VelocityAdapter):
             max_sequence_length=cls.max_sequence_length,
         )
         return out.frames.float()
+
+    @classmethod
+    def base_license(cls, base_model: str) -> dict[str, str]:
+        """Wan 2.1 / 2.2 (Wan-AI): apache-2.0; {} for other bases."""
+        return {"license": "apache-2.0"} if base_model.lower().startswith("wan-ai/") else {}
 
     @classmethod
     def pixel_multiple(cls, path_or_id: str | os.PathLike, local_files_only: bool = False) -> int | None:

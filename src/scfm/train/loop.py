@@ -29,6 +29,7 @@ from scfm.train.config import DistillConfig
 from scfm.train.engine import Distiller, world
 from scfm.train.held_out import held_out_calibration
 from scfm.train.run_folder import (
+    CALIBRATION_FILE,
     RESUME_HINT,
     ResumePoint,
     claim_on_all_ranks,
@@ -307,6 +308,8 @@ def _train(
         result = _finish(engine, data, config, state)
         if config.calibrate:
             _calibrate(result, stream, config, engine)
+        if config.output_dir and engine.rank == 0:
+            _write_card(result, config)
         if stop.signum is not None:  # the signal came in the last step or while saving: all is saved
             say(f"\n{signal.Signals(stop.signum).name}: finished and saved all {engine.step} steps; stopping")
             raise exit_exception(stop.signum)
@@ -397,7 +400,14 @@ def _finish(engine: Distiller, data: Any, config: DistillConfig, progress: _Prog
     return result
 
 
-CALIBRATION_FILE = "calibration.json"
+def _write_card(result: DistilledModel, config: DistillConfig) -> None:
+    """The run folder's README.md (:mod:`scfm.train.run_card`); a card that cannot be written warns, the run stands."""
+    from scfm.train.run_card import write_run_card
+
+    try:
+        write_run_card(config.output_dir, result, config)
+    except (OSError, ValueError) as err:
+        warnings.warn(f"the run's model card was not written: {err}", stacklevel=4)
 
 
 def _calibrate(result: DistilledModel, stream: Iterator[dict], config: DistillConfig, engine: Distiller) -> None:

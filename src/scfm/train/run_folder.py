@@ -79,6 +79,9 @@ def load_run(
 
 RESUME_HINT = "resume='latest' (CLI --resume latest)"
 
+CALIBRATION_FILE = "calibration.json"
+"""The run's LoRA-scale search: every scale tried per step count and the distance it measured."""
+
 RUN_ENTRIES = (
     "checkpoints",
     "config.yaml",
