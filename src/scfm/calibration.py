@@ -77,21 +77,28 @@ def calibrate_lora_scales(
     distance: DistanceFn,
     steps: Iterable[int] = (1, 2, 3, 4, 8),
     search: ScaleSearch | None = None,
+    progress: bool = False,
 ) -> ScaleCalibration:
     """For each step count, the LoRA scale with the lowest ``distance`` of ``sampler`` samples.
 
     A local search (``search``; default: from 1.0 in steps of 0.1 within [0, 2]; 0 is the teacher) costs
     3-6 sampler calls per step count instead of a full sweep; the distance as a function of
-    the scale is unimodal in every case measured (BENCHMARKS.md).
+    the scale is unimodal in every case measured (BENCHMARKS.md). ``progress``: a bar over the step counts.
     """
+    from tqdm.auto import tqdm
+
     search = (search or ScaleSearch()).validate()
-    out = ScaleCalibration()
+    steps = list(steps)
     for n in steps:
         if n < 1:
             raise ValueError(f"steps contains {n}; step counts must be >= 1")
-        tried = _walk(lambda scale, n=n: float(distance(sampler(n, scale))), search)
-        out.tried[n] = dict(sorted(tried.items()))
-        out.scales[n] = min(tried, key=tried.get)
+    out = ScaleCalibration()
+    with tqdm(steps, desc="LoRA-scale calibration", unit="step count", disable=not progress) as bar:
+        for n in bar:
+            tried = _walk(lambda scale, n=n: float(distance(sampler(n, scale))), search)
+            out.tried[n] = dict(sorted(tried.items()))
+            out.scales[n] = min(tried, key=tried.get)
+            bar.set_postfix_str(f"{n} steps: scale {out.scales[n]:g}")
     return out
 
 
@@ -118,6 +125,7 @@ def calibrate_against_teacher(
     teacher_steps: int = 32,
     shift: float | None = None,
     search: ScaleSearch | None = None,
+    progress: bool = False,
 ) -> ScaleCalibration:
     """LoRA scale per step count that brings the student's Euler samples closest (paired MSE) to the
     teacher's ``teacher_steps``-step Euler samples from the same ``noise`` [N, ...] and ``cond``.
@@ -133,4 +141,5 @@ def calibrate_against_teacher(
         paired_mse(reference),
         steps=steps,
         search=search,
+        progress=progress,
     )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,3 +184,15 @@ def add_lora_scale_flag(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="LoRA scale (default: the run's calibrated scale for the step count, else 1.0)",
     )
+
+
+@contextmanager
+def stage(name: str, enabled: bool = True) -> Iterator[None]:
+    """One line when a stage of a long command starts and one with its seconds when it ends (``enabled``)."""
+    if not enabled:
+        yield
+        return
+    print(f"{name} ...", flush=True)
+    start = time.perf_counter()
+    yield
+    print(f"{name}: done in {time.perf_counter() - start:.0f} s", flush=True)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from scfm.calibration import ScaleCalibration, calibrate_lora_scales
-from scfm.commands._common import new_command
+from scfm.commands._common import new_command, stage
 from scfm.data.batches import digits_batches
 from scfm.eval.harness import DigitsEvalSet, sample_digits, score_rows
 from scfm.eval.metrics import DigitsEvaluator
@@ -62,7 +62,7 @@ class _TeacherView:
             return self.model(x, t, **cond)
 
 
-def calibrate_demo_scales(result, evaluator: DigitsEvaluator, samples: int) -> ScaleCalibration:
+def calibrate_demo_scales(result, evaluator: DigitsEvaluator, samples: int, progress: bool = False) -> ScaleCalibration:
     """LoRA scale per step count minimising FD to ``evaluator``'s real digits on calibration noise
     (the demo passes the held-out digits, which it never scores against)."""
     calset = DigitsEvalSet.make(samples, seed=CALIBRATION_SEED)
@@ -70,6 +70,7 @@ def calibrate_demo_scales(result, evaluator: DigitsEvaluator, samples: int) -> S
         lambda n, scale: sample_digits(result, calset, n, lora_scale=scale),
         lambda images: evaluator.evaluate(images).fd,
         steps=STEP_COUNTS,
+        progress=progress,
     )
 
 
@@ -131,28 +132,31 @@ def run_demo(
     )
     train_seconds = time.perf_counter() - t0
     teacher_view = _TeacherView(result.model)
-    calibration = calibrate_demo_scales(result, DigitsEvaluator(reference="heldout"), eval_samples)
+    with stage("calibrating the LoRA scale per step count by FD to the held-out digits", progress):
+        calibration = calibrate_demo_scales(result, DigitsEvaluator(reference="heldout"), eval_samples, progress)
     result.lora_scales = dict(calibration.scales)
-    rows = score_rows(teacher_view, "teacher", teacher_plan(), evalset, evaluator)
-    rows += [
-        {**r, "lora_scale": result.lora_scales[r["steps"]]}  # sample() uses the calibrated scale for each n
-        for r in score_rows(result, "student", student_plan(), evalset, evaluator)
-    ]
-    rows += [
-        {**r, "lora_scale": 1.0}
-        for r in score_rows(result, "student_scale1", student_plan(), evalset, evaluator, lora_scale=1.0)
-    ]
+    with stage(f"scoring teacher and student on {eval_samples} samples", progress):
+        rows = score_rows(teacher_view, "teacher", teacher_plan(), evalset, evaluator)
+        rows += [
+            {**r, "lora_scale": result.lora_scales[r["steps"]]}  # sample() uses the calibrated scale for each n
+            for r in score_rows(result, "student", student_plan(), evalset, evaluator)
+        ]
+        rows += [
+            {**r, "lora_scale": 1.0}
+            for r in score_rows(result, "student_scale1", student_plan(), evalset, evaluator, lora_scale=1.0)
+        ]
     result.save(out / "lora")
-    for n in STEP_COUNTS:
-        pick = slice(0, evalset.noise.shape[0], max(1, evalset.noise.shape[0] // 20))
-        small = DigitsEvalSet(evalset.noise[pick], evalset.labels[pick])
-        save_comparison_grid(
-            [
-                (f"teacher euler {n}", sample_digits(teacher_view, small, n)),
-                (f"student euler {n}", sample_digits(result, small, n)),
-            ],
-            out / f"grid_steps{n}.png",
-        )
+    with stage("drawing grids and plots", progress):
+        for n in STEP_COUNTS:
+            pick = slice(0, evalset.noise.shape[0], max(1, evalset.noise.shape[0] // 20))
+            small = DigitsEvalSet(evalset.noise[pick], evalset.labels[pick])
+            save_comparison_grid(
+                [
+                    (f"teacher euler {n}", sample_digits(teacher_view, small, n)),
+                    (f"student euler {n}", sample_digits(result, small, n)),
+                ],
+                out / f"grid_steps{n}.png",
+            )
     floor = evaluator.fd_floor()
     plot_quality_vs_steps(rows, out / "fd_vs_steps.png", floor=floor)
     plot_training(result.history, out / "training.png")

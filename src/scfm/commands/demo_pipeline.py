@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from scfm.calibration import ScaleCalibration, calibrate_lora_scales
 from scfm.data.cache_inputs import Bucket
@@ -152,7 +153,9 @@ def latent_difference(
     return float((got - want).abs().max())
 
 
-def calibrate_by_fd(pipe: Any, shift: float, guidance: float, samples: int = CALIBRATION_SAMPLES) -> ScaleCalibration:
+def calibrate_by_fd(
+    pipe: Any, shift: float, guidance: float, samples: int = CALIBRATION_SAMPLES, progress: bool = False
+) -> ScaleCalibration:
     """LoRA scale per step count minimising FD to the 360 held-out digits (never scored against) of the loaded
     pipeline's samples on calibration noise (seed :data:`CALIBRATION_SEED`), as the default demo calibrates."""
     prompts, _ = digit_prompts(samples)
@@ -161,6 +164,7 @@ def calibrate_by_fd(pipe: Any, shift: float, guidance: float, samples: int = CAL
         lambda n, scale: sample_pipeline_digits(pipe, prompts, n, scale, shift, guidance, CALIBRATION_SEED),
         lambda digits: heldout.evaluate(digits).fd,
         steps=STEP_COUNTS,
+        progress=progress,
     )
 
 
@@ -239,19 +243,19 @@ def run_pipeline_demo(
     evaluator = DigitsEvaluator()
     rows, grids = [], {}
     teacher_nfe = adapter_cls.passes_per_step(guidance)
-    for n in (*STEP_COUNTS, TEACHER_REFERENCE_STEPS):
+    for n in tqdm([*STEP_COUNTS, TEACHER_REFERENCE_STEPS], desc="scoring the teacher", disable=not progress):
         digits = sample_pipeline_digits(pipe, prompts, n, 0.0, shift, guidance)
         rows.append(_row("teacher", n, n * teacher_nfe, digits, labels, evaluator))
         grids[n] = [(f"teacher euler {n}", digits[:: max(1, len(prompts) // 20)])]
     load_lora(pipe, lora_file)
-    calibration = calibrate_by_fd(pipe, shift, student_guidance, calibration_samples)
+    calibration = calibrate_by_fd(pipe, shift, student_guidance, calibration_samples, progress)
     student_nfe = adapter_cls.passes_per_step(student_guidance)
     variants = (
         ("student", {n: result.lora_scales.get(n, 1.0) for n in STEP_COUNTS}),
         ("student_fd_scales", calibration.scales),
         ("student_scale1", dict.fromkeys(STEP_COUNTS, 1.0)),
     )
-    for n in STEP_COUNTS:
+    for n in tqdm(STEP_COUNTS, desc="scoring the student", disable=not progress):
         for model, scales in variants:
             digits = sample_pipeline_digits(pipe, prompts, n, scales[n], shift, student_guidance)
             rows.append({**_row(model, n, n * student_nfe, digits, labels, evaluator), "lora_scale": scales[n]})

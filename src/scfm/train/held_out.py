@@ -20,7 +20,11 @@ from scfm.train.config import DistillConfig
 
 
 def held_out_calibration(
-    student: DistilledModel, stream: Iterator[dict[str, Any]], config: DistillConfig, device: torch.device
+    student: DistilledModel,
+    stream: Iterator[dict[str, Any]],
+    config: DistillConfig,
+    device: torch.device,
+    progress: bool = False,
 ) -> ScaleCalibration | None:
     """Calibrate ``student`` on the next batch of ``stream`` (None when the stream has run out).
 
@@ -36,7 +40,12 @@ def held_out_calibration(
     noise = torch.randn(x0[:rows].shape, generator=generator, dtype=x0.dtype).to(device)
     cond = {k: _rows(v, rows, x0.shape[0], device) for k, v in batch.items() if k != "x0"}
     return calibrate_against_teacher(
-        student, noise, cond, steps=config.calibration_steps, teacher_steps=config.plan.teacher_max
+        student,
+        noise,
+        cond,
+        steps=config.calibration_steps,
+        teacher_steps=config.plan.teacher_max,
+        progress=progress,
     )
 
 

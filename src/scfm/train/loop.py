@@ -307,7 +307,7 @@ def _train(
             )
         result = _finish(engine, data, config, state)
         if config.calibrate:
-            _calibrate(result, stream, config, engine)
+            _calibrate(result, stream, config, engine, progress)
         if config.output_dir and engine.rank == 0:
             _write_card(result, config)
         if stop.signum is not None:  # the signal came in the last step or while saving: all is saved
@@ -410,10 +410,12 @@ def _write_card(result: DistilledModel, config: DistillConfig) -> None:
         warnings.warn(f"the run's model card was not written: {err}", stacklevel=4)
 
 
-def _calibrate(result: DistilledModel, stream: Iterator[dict], config: DistillConfig, engine: Distiller) -> None:
+def _calibrate(
+    result: DistilledModel, stream: Iterator[dict], config: DistillConfig, engine: Distiller, progress: bool
+) -> None:
     """Choose the LoRA scale per step count on the next batch of the stream (never trained on) and
     rewrite the result with it; the search table goes to ``output_dir/calibration.json``."""
-    calibration = held_out_calibration(result, stream, config, engine.device)
+    calibration = held_out_calibration(result, stream, config, engine.device, progress and engine.rank == 0)
     if calibration is None:
         warnings.warn("no batch left for the LoRA-scale calibration (the data ran out): scales stay 1", stacklevel=4)
         return
