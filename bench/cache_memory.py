@@ -20,6 +20,14 @@ the imports:
   fly holds; safetensors weights are memory-mapped, so encoders that never run would not be
   resident on a CPU, while on a GPU they would occupy device memory as soon as moved there).
 
+The cost of validation images (``validation_rows`` of the JSON):
+
+- ``generate-data --validation-prompts``: the same generate-data command rerun with two
+  validation prompts, which it encodes into the existing cache (no sample is regenerated),
+- ``distill (cache, validate_every=1)``: ``distill (cache)`` with a teacher-vs-student grid after
+  every step (the VAE loaded; the teacher rendered once, the student at every calibration step
+  count); compare it with ``distill (cache)``, the same run with validation off.
+
     python bench/cache_memory.py                     # table + bench/results/cache_memory.json
     python bench/cache_memory.py --t5-width 512 --json
 """
@@ -74,7 +82,19 @@ guidance_range = (config.guidance_min, config.guidance_max)
 data = CacheBatches({cache!r}, config.batch_size, seed=config.seed, guidance_range=guidance_range)
 distill(teacher, data, config, progress=False)
 """,
+    "generate-data --validation-prompts": """
+from scfm.commands.cli import main
+main(["generate-data", "--model", {model!r}, "--prompts", {prompts!r}, "--out", {cache!r}, "--steps", "2",
+      "--buckets", "32x32,48x32", "--dtype", "fp32", "--device", "cpu", "--local-files-only",
+      "--validation-prompts", "a green frog", "--validation-prompts", "a yellow bird"])
+""",
+    "distill (cache, validate_every=1)": """
+from scfm.commands.cli import main
+main(["distill", {config!r}, "--set", "validate_every=1", "--set", "output_dir=" + {validation_run!r}])
+""",
 }
+VALIDATION_VARIANTS = ("generate-data --validation-prompts", "distill (cache, validate_every=1)")
+"""The variants of ``validation_rows``; the others are ``rows``. All run in the order of CHILDREN."""
 
 
 def run_child(name: str, **paths: str) -> dict[str, float]:
@@ -125,18 +145,20 @@ def measure(t5_width: int, t5_layers: int, steps: int, workdir: Path) -> dict:
     }
     config.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in values.items()))
     paths = {"model": str(model), "prompts": str(prompts), "cache": str(cache), "config": str(config)}
-    rows = []
+    paths["validation_run"] = str(workdir / "run-validation")
+    rows, validation_rows = [], []
     for name in CHILDREN:  # in order: generate-data writes the cache the distills read
         got = run_child(name, **paths)
-        rows.append(
+        (validation_rows if name in VALIDATION_VARIANTS else rows).append(
             {
                 "variant": name,
                 "peak_rss_mb": round(got["peak_mb"], 1),
                 "above_imports_mb": round(got["peak_mb"] - got["base_mb"], 1),
             }
         )
+    grids = sorted(p.name for p in (workdir / "run-validation" / "validation").glob("*.png"))
     sizes = component_sizes_mb(model)
-    by_name = {r["variant"]: r["peak_rss_mb"] for r in rows}
+    by_name = {r["variant"]: r["peak_rss_mb"] for r in rows + validation_rows}
     return {
         "t5_width": t5_width,
         "t5_layers": t5_layers,
@@ -144,18 +166,25 @@ def measure(t5_width: int, t5_layers: int, steps: int, workdir: Path) -> dict:
         "component_mb": {k: round(v, 1) for k, v in sizes.items()},
         "rows": rows,
         "saved_mb": round(by_name["distill (full pipeline)"] - by_name["distill (cache)"], 1),
+        "validation_rows": validation_rows,
+        "validation_grids": len(grids),
+        "validation_mb": round(by_name["distill (cache, validate_every=1)"] - by_name["distill (cache)"], 1),
     }
 
 
 def print_table(result: dict) -> None:
     print("pipeline on disk (MiB): " + ", ".join(f"{k} {v}" for k, v in result["component_mb"].items()))
-    print(f"{'variant':26} {'peak RSS (MiB)':>15} {'above imports':>14}")
-    for row in result["rows"]:
-        print(f"{row['variant']:26} {row['peak_rss_mb']:15.1f} {row['above_imports_mb']:14.1f}")
+    print(f"{'variant':36} {'peak RSS (MiB)':>15} {'above imports':>14}")
+    for row in result["rows"] + result["validation_rows"]:
+        print(f"{row['variant']:36} {row['peak_rss_mb']:15.1f} {row['above_imports_mb']:14.1f}")
     encoders_mb = sum(v for k, v in result["component_mb"].items() if k.startswith(("text_encoder", "vae")))
     print(
         f"distilling from the cache saves {result['saved_mb']:.1f} MiB of peak RSS "
         f"(text encoders + VAE: {encoders_mb:.1f} MiB on disk)"
+    )
+    print(
+        f"validation images (validate_every=1, {result['validation_grids']} grids) add {result['validation_mb']:.1f} "
+        f"MiB of peak RSS (VAE: {result['component_mb'].get('vae', 0.0):.1f} MiB on disk)"
     )
 
 

@@ -1,6 +1,7 @@
 """Model cards of built-in and user-model runs and the family settings in card text (diffusers runs: e2e tests)."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,3 +101,24 @@ def test_known_bases_carry_their_license():
     assert sd35["license"] == "other" and sd35["license_name"] == "stabilityai-ai-community"
     assert get_adapter("wan").base_license("Wan-AI/Wan2.1-T2V-1.3B-Diffusers") == {"license": "apache-2.0"}
     assert get_adapter("flux").base_license("/my/own/folder") == {}
+
+
+def test_a_built_in_runs_validation_grids_go_to_tensorboard_and_into_its_card(tmp_path):
+    pytest.importorskip("tensorboard")
+    import warnings
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from scfm.commands.cli import main
+
+    run = tmp_path / "run"
+    sets = ["max_steps=2", "batch_size=8", "validate_every=1", "logger=tensorboard", f"output_dir={run}"]
+    preset = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
+    assert main(["distill", str(preset), *[a for s in sets for a in ("--set", s)]]) == 0
+    assert sorted(p.name for p in (run / "validation").glob("*.png")) == ["step_00000001.png", "step_00000002.png"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0})
+        events.Reload()
+    assert [i.step for i in events.Images("validation/student")] == [1, 2]
+    assert "![teacher vs student](validation/step_00000002.png)" in (run / "README.md").read_text()

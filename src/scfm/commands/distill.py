@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from scfm.train.loop import distill
     from scfm.train.run_folder import claim_output_dir
     from scfm.train.sources import build_data, build_teacher, is_diffusers_teacher
+    from scfm.train.validation import diffusers_validation
     from scfm.train.yaml_config import load_config
 
     overrides = [*args.set, "calibrate=false"] if args.no_calibrate else args.set
@@ -65,9 +66,12 @@ def run(args: argparse.Namespace) -> int:
     rank, size = world()
     if config.output_dir and args.resume is None and not args.overwrite and rank == 0:
         claim_output_dir(config.output_dir)  # another run's folder stops here, before any weights load
-    data = build_data(config)  # a cache is checked before any weight loads
+    data = build_data(config)  # a cache (and its validation prompts) is checked before any weight loads
     teacher = build_teacher(config, device)
-    on_validate = None if is_diffusers_teacher(config) else validation_fn(config)
+    if is_diffusers_teacher(config):  # validation images: the VAE on the main process only
+        on_validate = diffusers_validation(config, data, device) if rank == 0 else None
+    else:
+        on_validate = validation_fn(config)
     if rank == 0:
         print(f"scfm distill: {size} process(es), device {device}, global batch {config.batch_size}")
     distill(
@@ -106,5 +110,7 @@ def validation_fn(config: DistillConfig) -> Callable[[Any], None] | None:
         engine.model.train()
         path = out / f"step_{engine.step:08d}.png"
         (save_comparison_grid if digits else save_scatter_2d)(shots, path)
+        if engine.logger is not None:
+            engine.logger.log_png("validation/student", path, engine.step)
 
     return validate

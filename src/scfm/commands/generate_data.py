@@ -51,16 +51,48 @@ def register(sub: Any) -> None:
         default=None,
         help="stop after this many new samples (default all; rerun to continue)",
     )
+    g.add_argument(
+        "--validation-prompts",
+        action="append",
+        default=None,
+        metavar="FILE_OR_TEXT",
+        help="prompts for scfm distill's validation images (validate_every): one prompt file (.txt / .jsonl, like "
+        "--prompts) or prompt texts (repeat the flag); their embeddings and noise seeds are stored in the cache. "
+        "Rerunning the command that made a cache with this flag adds them without regenerating any sample",
+    )
     g.set_defaults(handler=run)
+
+
+PROMPT_FILE_SUFFIXES = (".txt", ".jsonl")
+
+
+def validation_source(values: list[str] | None) -> Path | tuple[str, ...] | None:
+    """``--validation-prompts`` values -> a prompt file (one value naming a file or a .txt / .jsonl path) or texts."""
+    if not values:
+        return None
+    files = [v for v in values if Path(v).suffix.lower() in PROMPT_FILE_SUFFIXES or Path(v).is_file()]
+    if files and len(values) > 1:
+        raise ValueError(
+            f"--validation-prompts {files[0]!r} is a prompt file: give one prompt file, or prompt texts (repeat the "
+            "flag), not both"
+        )
+    return Path(values[0]) if files else tuple(values)
 
 
 def run(args: argparse.Namespace) -> int:
     from scfm.data.cache_inputs import parse_buckets
     from scfm.data.cache_writer import GenerateConfig, generate_cache
 
-    flags = {f.name for f in dataclasses.fields(GenerateConfig)} - {"buckets", "progress"}  # one flag per field
-    config = GenerateConfig(buckets=parse_buckets(args.buckets), **{name: getattr(args, name) for name in flags})
+    translated = {"buckets", "progress", "validation_prompts"}
+    flags = {f.name for f in dataclasses.fields(GenerateConfig)} - translated  # one flag per field
+    config = GenerateConfig(
+        buckets=parse_buckets(args.buckets),
+        validation_prompts=validation_source(args.validation_prompts),
+        **{name: getattr(args, name) for name in flags},
+    )
     s = generate_cache(config)
     left = s.total - s.skipped - s.generated
     print(f"{args.out}: {s.generated} sample(s) generated, {s.skipped} already cached, {left} left")
+    if s.validation_prompts:
+        print(f"{args.out}: {s.validation_prompts} validation prompt(s) encoded (for validate_every in scfm distill)")
     return 0

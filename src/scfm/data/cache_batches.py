@@ -54,6 +54,9 @@ class CacheBatches(GeneratorSource):
         guidance_range: (low, high) to add ``"guidance"`` [B] ~ U[low, high]; None to omit it.
         transform: applied to every batch before it is returned (the adapter's ``compact_cond``, which cuts
             padded text where that is exact); it must be deterministic and draw no random numbers.
+
+    Attributes read by callers: ``meta`` (meta.json), ``buckets`` (names with samples), ``latent_shapes``
+    (bucket -> x0 shape without the batch dim), ``guidance_range`` and ``transform`` as given.
     """
 
     def __init__(
@@ -73,7 +76,7 @@ class CacheBatches(GeneratorSource):
                 f"teacher cache {str(self.cache_dir)!r} has no samples in {INDEX_FILE}; "
                 f"run scfm generate-data --out {self.cache_dir} to fill it"
             )
-        self.keys = self._check_rows(lines)
+        self.keys, self.latent_shapes = self._check_rows(lines)
         rows: dict[str, list[tuple[str, int]]] = defaultdict(list)
         for _, entry in lines:
             rows[entry["bucket"]].append((entry["shard"], entry["row"]))
@@ -93,8 +96,9 @@ class CacheBatches(GeneratorSource):
         self.transform = transform
         self._handles: dict[str, Any] = {}
 
-    def _check_rows(self, lines: list[tuple[int, dict[str, Any]]]) -> list[str]:
-        """Check every index line against its shard's header; returns the tensor names every shard holds.
+    def _check_rows(self, lines: list[tuple[int, dict[str, Any]]]) -> tuple[list[str], dict[str, tuple[int, ...]]]:
+        """Check every index line against its shard's header; returns the tensor names every shard holds
+        and the latent shape of each bucket (bucket name -> x0 shape without the batch dim).
 
         Each line's shard must exist and hold the same tensors as the others, with one row count
         and (per bucket) one latent shape, and the line's row must be within that count and hold
@@ -137,7 +141,7 @@ class CacheBatches(GeneratorSource):
                     f"{where}: shard {shard!r} holds latents of shape {shapes['x0'][1:]} for bucket "
                     f"{entry['bucket']!r}, other shards {expected}; {fix}"
                 )
-        return keys or []
+        return keys or [], {bucket: tuple(shape) for bucket, shape in latent.items()}
 
     def __len__(self) -> int:
         """Samples in the cache."""

@@ -11,6 +11,9 @@ A cache folder::
                           cond key of ``Adapter.encode_prompts`` [N, ...] in the text encoders' dtype; one
                           bucket per shard; metadata {"ids": JSON list of the N ids, "bucket": "WxH"}
     previews/<id>.png     optional decoded previews
+    validation.safetensors
+                          optional: the conditioning of the validation prompts (meta.json "validation"
+                          lists them with their noise seeds; :mod:`scfm.data.cache_validation`)
 
 Determinism and resuming. The sample list is a pure function of the inputs
 (:mod:`scfm.data.cache_inputs`): prompt i (0-based, blank lines skipped), bucket b and repeat r

@@ -10,7 +10,9 @@ the determinism / resume rules are in :mod:`scfm.data.cache_store`; the sample p
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,15 @@ from scfm.data.cache_store import (
     repair_cache,
     shard_number,
     write_shard,
+)
+from scfm.data.cache_validation import (
+    META_KEY,
+    VALIDATION_FILE,
+    ValidationSet,
+    plan_validation,
+    stored_validation,
+    validation_prompt_entries,
+    write_validation,
 )
 from scfm.devices import DTYPES, resolve_device
 from scfm.fileio import atomic_save_safetensors, atomic_write_json
@@ -83,6 +94,11 @@ class GenerateConfig:
     """Do not download: the model must be a local folder or already in the Hugging Face cache."""
     max_samples: int | None = None
     """Stop after generating this many new samples (None: all); rerun to continue."""
+    validation_prompts: str | os.PathLike | Sequence[str] | None = None
+    """Prompts for the validation images of ``scfm distill`` (``validate_every``): a prompt file (a path, read
+    like ``prompts``) or a list of prompt texts. Their conditioning is encoded once and stored in the cache
+    with fixed noise seeds, in the latent shape of the first bucket (:mod:`scfm.data.cache_validation`);
+    given for an existing cache, it is added (or replaces the old set) without regenerating any sample."""
     progress: bool = True
     """Show a tqdm progress bar."""
 
@@ -105,6 +121,12 @@ class GenerateConfig:
             raise ValueError(f"dtype={self.dtype!r} must be one of {sorted(DTYPES)}")
         if self.max_samples is not None and self.max_samples < 0:
             raise ValueError(f"max_samples={self.max_samples} must be >= 0 (or None: all)")
+        texts = self.validation_prompts
+        if texts is not None and not isinstance(texts, (str, os.PathLike)):
+            if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
+                raise ValueError(
+                    f"validation_prompts={texts!r} must be a prompt file (a path) or a list of prompt texts"
+                )
         return self
 
     def meta(self, adapter_name: str) -> dict[str, Any]:
@@ -139,6 +161,8 @@ class GenerateSummary:
     """Written by this call."""
     shards: list[str] = field(default_factory=list)
     """Shards written by this call."""
+    validation_prompts: int = 0
+    """Validation prompts encoded into the cache by this call (0: none given, or the same set was already there)."""
 
 
 def _pending(specs: list[SampleSpec], done: dict[str, dict[str, Any]]) -> list[SampleSpec]:
@@ -192,15 +216,35 @@ def validate_inputs(config: GenerateConfig) -> tuple[type, list[SampleSpec]]:
     return adapter_cls, specs
 
 
+def validation_set(config: GenerateConfig) -> ValidationSet | None:
+    """The validation set ``config.validation_prompts`` names (prompt file read and checked), or None."""
+    entries = validation_prompt_entries(config.validation_prompts)
+    return plan_validation(entries, config.buckets[0].name, config.seed) if entries else None
+
+
+def _needs_encoding(out: Path, vset: ValidationSet | None) -> bool:
+    """Whether ``vset`` differs from the validation set stored in the cache (or its file is missing)."""
+    if vset is None:
+        return False
+    try:
+        stored = stored_validation(out)
+    except ValueError:  # a malformed entry: replaced
+        return True
+    return stored != vset or not (out / VALIDATION_FILE).is_file()
+
+
 def generate_cache(config: GenerateConfig, pipe: Any | None = None) -> GenerateSummary:
     """Create or extend the teacher cache ``config.out`` (format and resume rules: :mod:`scfm.data.cache_store`).
 
     All inputs are validated before the pipeline is loaded. ``pipe`` may be passed in (already
     loaded, e.g. in tests); otherwise it is loaded with :func:`scfm.models.adapters.load_pipeline`.
+    Validation prompts (``config.validation_prompts``) are encoded before the samples are
+    generated, and only when the cache does not hold the same set already.
     """
     from tqdm.auto import tqdm
 
     adapter_cls, specs = validate_inputs(config)
+    vset = validation_set(config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     done = {e["id"]: e for e in repair_cache(out)}
@@ -210,10 +254,14 @@ def generate_cache(config: GenerateConfig, pipe: Any | None = None) -> GenerateS
         pending = pending[: config.max_samples]
     meta = config.meta(adapter_cls.adapter_name)
     if (out / META_FILE).is_file():
-        meta["buckets"] = sorted(set(read_meta(out)["buckets"]) | set(meta["buckets"]))
+        old = read_meta(out)
+        meta["buckets"] = sorted(set(old["buckets"]) | set(meta["buckets"]))
+        if META_KEY in old:  # kept until this run's validation set (if any) replaces it
+            meta[META_KEY] = old[META_KEY]
     atomic_write_json(out / META_FILE, meta)
     summary = GenerateSummary(total=len(specs), skipped=skipped, generated=0)
-    if not pending:
+    encode_validation = _needs_encoding(out, vset)
+    if not pending and not encode_validation:
         return summary
     if pipe is None:
         from scfm.models.adapters import load_pipeline
@@ -228,6 +276,9 @@ def generate_cache(config: GenerateConfig, pipe: Any | None = None) -> GenerateS
             pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     device = pipe._execution_device
+    if encode_validation:
+        write_validation(out, vset, adapter_cls.encode_prompts(pipe, list(vset.prompts), device))
+        summary.validation_prompts = len(vset.prompts)
     number = max((shard_number(e["shard"]) for e in done.values()), default=-1) + 1
     bar = tqdm(total=len(pending), desc="scfm generate-data", disable=not config.progress)
     for shard_specs in _chunks(pending, config.shard_size):

@@ -116,7 +116,9 @@ class DistillConfig:
     logger: str = "tensorboard"
     """'tensorboard', 'wandb', 'jsonl' or 'none' (jsonl is always written when output_dir is set)."""
     validate_every: int = 0
-    """Steps between validation grids (built-in models); 0 = off."""
+    """Steps between validation grids in ``output_dir/validation/`` (and the logger); 0 = off. Diffusers teachers:
+    teacher vs student at ``calibration_steps`` on the cache's validation prompts (``scfm generate-data
+    --validation-prompts``); the VAE is then loaded, on the main process only."""
     teacher: str = "digits"
     """Teacher for `scfm distill`: 'digits' (shipped), 'toy2d:<name>' (shipped 2-D), a built-in model file,
     or 'diffusers:<pipeline folder or Hub id>' (Flux / SD3: only its transformer is loaded)."""
@@ -240,11 +242,6 @@ class DistillConfig:
             raise ValueError(
                 f"data={self.data!r} is a diffusers teacher cache: "
                 f"set teacher: diffusers:<the model the cache was made with>, not teacher={self.teacher!r}"
-            )
-        if diffusers_teacher and self.validate_every:
-            raise ValueError(
-                f"validate_every={self.validate_every} works for built-in models only; "
-                "set it to 0 for a diffusers teacher and look at checkpoints with scfm sample"
             )
 
     def to_dict(self) -> dict[str, Any]:

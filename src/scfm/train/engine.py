@@ -92,6 +92,9 @@ class Distiller:
     def __init__(self, model: nn.Module, config: DistillConfig, device: torch.device, seq_len_fn=None) -> None:
         self.config, self.device, self.seq_len_fn = config, device, seq_len_fn
         self.rank, self.world_size = world()
+        self.logger: Any = None
+        """The run's :class:`scfm.train.run_log.RunLogger` while the loop trains (main process with an output_dir;
+        else None): callbacks such as validation log images through it."""
         if config.flush_denormal and device.type == "cpu":
             torch.set_flush_denormal(True)
         self.model = attach_lora(model, config.lora)

@@ -249,6 +249,7 @@ def distill(
         set_aside_newer_checkpoints(config.output_dir, engine.step)
         trim_metrics(config.output_dir, engine.step)
     logger = RunLogger(config) if writer else None
+    engine.logger = logger
     if logger is not None:
         from scfm.train.yaml_config import dump_config
 

@@ -5,7 +5,9 @@
 - Diffusers: ``teacher: diffusers:<pipeline folder or Hub id>``, ``data: cache:<dir>``. Only the
   transformer is loaded (``Adapter.from_pretrained(..., subfolder="transformer")``): text
   embeddings and x0 latents come from the teacher cache written by ``scfm generate-data``, so
-  the VAE and the text encoders never enter the distillation process. Config fields used:
+  the text encoders never enter the distillation process, and the VAE only for validation
+  images (``validate_every``, main process: :mod:`scfm.train.validation`), whose prompts' embeddings
+  the cache must hold (checked here). Config fields used:
   ``model_dtype``, ``local_files_only``, ``cfg_mode`` / ``cfg_scale`` (true-CFG families),
   ``guidance_min`` / ``guidance_max`` (transformers with embedded guidance, drawn per sample by
   :class:`scfm.data.cache_batches.CacheBatches`).
@@ -23,6 +25,7 @@ from torch import nn
 from scfm.data.batches import DigitsBatches, Toy2DBatches
 from scfm.data.cache_batches import CacheBatches
 from scfm.data.cache_store import SHARED_FILE, model_id, read_meta
+from scfm.data.cache_validation import check_validation
 from scfm.data.toy2d import TOY2D_NAMES
 from scfm.devices import DTYPES
 from scfm.models.adapters import VelocityAdapter, adapter_class_for, read_component_config
@@ -72,18 +75,22 @@ def build_teacher(config: DistillConfig, device: torch.device | str | None = Non
 
 
 def build_data(config: DistillConfig) -> Iterable[dict[str, Any]]:
-    """A resumable batch source with the config's (global) batch size and seed; a cache is checked first."""
+    """A resumable batch source with the config's (global) batch size and seed; a cache is checked first
+    (with ``validate_every``, also its validation prompts: all before any weight loads)."""
     spec = config.data
     if spec.startswith(CACHE_PREFIX):
         adapter_cls = adapter_class_for(model_path(config), config.local_files_only)
         check_cache(config, adapter_cls)
-        return CacheBatches(
+        source = CacheBatches(
             cache_path(config),
             config.batch_size,
             seed=config.seed,
             guidance_range=guidance_range(config),
             transform=adapter_cls.compact_cond,
         )
+        if config.validate_every:
+            check_validation(source.cache_dir, source.latent_shapes, asked_by=f"validate_every={config.validate_every}")
+        return source
     if spec == "digits":
         return DigitsBatches(config.batch_size, seed=config.seed)
     if spec.startswith("toy2d:"):
