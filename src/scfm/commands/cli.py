@@ -1,4 +1,4 @@
-"""``scfm``: demo | distill | pretrain | generate-data | export | sample | eval.
+"""``scfm``: demo | distill | pretrain | generate-data | export | sample | eval | playground.
 
 Each command is a module of this package with ``register(subparsers)`` (its flags) and
 ``run(args) -> exit status``. A user error (a bad value, a missing file, a missing optional
@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scfm.commands import demo, distill, export, generate_data, pretrain, sample
+from scfm.commands import demo, distill, export, generate_data, playground, pretrain, sample
 from scfm.commands import eval as eval_command
 
-COMMANDS = (demo, distill, pretrain, generate_data, export, sample, eval_command)
+COMMANDS = (demo, distill, pretrain, generate_data, export, sample, eval_command, playground)
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError, FloatingPointError)
 """Exceptions whose message is the whole story for the user (the library raises them about values)."""
 
