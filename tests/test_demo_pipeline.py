@@ -44,6 +44,9 @@ def test_the_demo_writes_the_default_demos_contract_and_every_artifact(baked_dem
     for name in ("fd_vs_steps.png", "training.png", "report.md", *(f"grid_steps{n}.png" for n in STEP_COUNTS)):
         assert (out / name).is_file(), name
     assert (out / "export" / "pytorch_lora_weights.safetensors").is_file()
+    card = (out / "export" / "README.md").read_text()  # the export's model card carries the demo's measurements
+    assert "license: apache-2.0" in card and "Measured by `scfm demo`" in card  # license: the shipped base's card
+    assert "![teacher vs student](README_teacher_vs_student.png)" in card and "guidance_scale=1" in card  # baked
     assert len(list((out / "cache").glob("*.safetensors"))) >= 1
 
 
