@@ -11,6 +11,7 @@ pytest.importorskip("diffusers")
 
 from diffusers import DDIMScheduler, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel  # noqa: E402
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
+from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 import scfm  # noqa: E402
@@ -509,6 +510,17 @@ def test_end_to_end_generate_data_distill_export_load_and_sample(wan_dir, tmp_pa
         flags = ["--weights", "student", "--dtype", "fp32"]  # float32: compared with the run's own LoRA to 1e-4
         assert main(["export", "--run", str(run), "--format", fmt, "--out", str(out), *flags]) == 0
     assert "diffusion_model.blocks.0.self_attn.q.lora_up.weight" in load_safetensors(comfy)  # original Wan names
+    fused = tmp_path / "fused"
+    assert main(["export", "--run", str(run), "--format", "fused", "--out", str(fused), "--weights", "student"]) == 0
+    saved = json.loads((run / "scfm_config.json").read_text())["lora_scales"]
+    for path in (lora, comfy, *sorted(fused.glob("*.safetensors"))):  # every export says how to use it
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata()
+        assert meta["modelspec.architecture"].startswith("wan")
+        assert float(meta["scfm.shift"]) == WanAdapter.default_shift
+        assert meta["scfm.cfg_mode"] == "runtime" and float(meta["scfm.guidance"]) == 3.5
+        if path.parent != fused:
+            assert json.loads(meta["scfm.lora_scales"]) == {n: float(k) for n, k in saved.items()}
 
     result, _ = load_run(run, "student")
     pipe = load_pipe(wan_dir)
