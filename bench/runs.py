@@ -45,7 +45,13 @@ def preset_tag(**changes: Any) -> str:
 AFTER_TRAINING_FIELDS = ("calibrate", "calibration_steps", "calibration_samples")
 """Fields that act only after the last optimizer step (the run's own LoRA-scale calibration): they do not
 change what a cached run trained or how this module scores it."""
-FIELDS_ADDED_LATER = ((None, "ema_init", "params"), ("lora", "init", "kaiming"))
+FIELDS_ADDED_LATER = (
+    (None, "ema_init", "params"),
+    ("lora", "init", "kaiming"),
+    (None, "base_quantization", "none"),
+    (None, "optimizer", "adamw"),
+    (None, "offload_ema", False),
+)
 """(section, field, value that reproduces the runs measured before the field existed)."""
 
 

@@ -23,7 +23,7 @@ LAYERS = (
     "distilled",
     "weights",
     "objective",
-    ("fileio", "devices", "_version"),
+    ("fileio", "devices", "_version", "_quiet"),
 )
 """Top to bottom. A module may import its own layer and the layers below it; the last row are leaf
 utilities. ``scfm/__init__.py`` (the public API) and ``scfm/__main__.py`` stand above all of them."""

@@ -7,6 +7,7 @@ Public API::
     student.save("out/"); student = scfm.load("out/", fresh_teacher)
 """
 
+import scfm._quiet  # noqa: F401  (first: quiets the optional quantization libraries' import-time logs)
 from scfm._version import __version__
 from scfm.distilled import DistilledModel
 from scfm.objective.plans import PlanConfig

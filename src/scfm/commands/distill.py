@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)  # every field validated before any work
     device = torch.device(config.device) if config.device != "auto" else _process_device()
     config.device = str(device)
+    config.check_runnable(device)  # quantization / optimizer libraries and device, before any weight loads
     rank, size = world()
     if config.output_dir and args.resume is None and not args.overwrite and rank == 0:
         claim_output_dir(config.output_dir)  # another run's folder stops here, before any weights load

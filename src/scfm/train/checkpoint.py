@@ -57,6 +57,7 @@ RESUMABLE_FIELDS: dict[str, str] = {
     "device": "where it runs (between device types the noise generator restarts)",
     "compile": "how it runs (the same math)",
     "gradient_checkpointing": "how it runs (the same math)",
+    "offload_ema": "where the EMAs are kept (the same math)",
     "flush_denormal": "how it runs (subnormal floats only)",
     "local_files_only": "where the teacher loads from",
     "nan_policy": "failure handling",
@@ -75,10 +76,10 @@ the optimizer and schedule follow its ``lr``, ``weight_decay`` and schedule from
 generators from it, and the data position stays the checkpoint's count of batches. ``lora.init`` and
 ``ema_init`` only shape a run's start: a resume loads the checkpoint's tensors, so they change nothing
 but the record."""
-UNLOADABLE_FIELDS: tuple[str, ...] = ("lora.rank", "lora.targets", "lora.exclude")
-"""Config fields that change the LoRA tensors' names or shapes: a checkpoint with other values cannot
-be loaded. ``lora.alpha`` (it only rescales the LoRA output) and ``lora.dropout`` can, with
-``allow_config_change=True``."""
+UNLOADABLE_FIELDS: tuple[str, ...] = ("lora.rank", "lora.targets", "lora.exclude", "optimizer")
+"""Config fields that change the LoRA tensors' names or shapes, or the form of the optimizer state
+(``optimizer``): a checkpoint with other values cannot be loaded. ``lora.alpha`` (it only rescales the LoRA
+output) and ``lora.dropout`` can, with ``allow_config_change=True``."""
 
 
 def _sha256(path: Path) -> str:
@@ -264,19 +265,31 @@ def config_changes(
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split an optimizer state dict into tensors (safetensors) and JSON metadata."""
     sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for pid, state in sd["state"].items():
+    tensors, scalars, seen = {}, {}, set()
+
+    def split(prefix: str, state: dict) -> None:
         for key, value in state.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{pid}.{key}"] = value
+            if isinstance(value, dict):  # bitsandbytes nests its 8-bit state in one dict per parameter
+                split(f"{prefix}{key}.", value)
+            elif isinstance(value, torch.Tensor):  # (and shares its 256-entry code books: stored per key)
+                shared = value.untyped_storage().data_ptr() in seen
+                seen.add(value.untyped_storage().data_ptr())
+                tensors[f"{prefix}{key}"] = value.clone() if shared else value
             else:
-                scalars[f"{pid}.{key}"] = value
+                scalars[f"{prefix}{key}"] = value
+
+    for pid, state in sd["state"].items():
+        split(f"{pid}.", state)
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
 def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Inverse of :func:`optimizer_to_tensors` (dotted keys ``pid.key`` or ``pid.group.key``)."""
     state: dict[int, dict[str, Any]] = {}
     for key, value in list(tensors.items()) + list(meta["scalars"].items()):
-        pid, _, name = key.partition(".")
-        state.setdefault(int(pid), {})[name] = value
+        pid, *path, name = key.split(".")
+        where = state.setdefault(int(pid), {})
+        for part in path:
+            where = where.setdefault(part, {})
+        where[name] = value
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

@@ -16,9 +16,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+import torch
+
 from scfm.objective.plans import PlanConfig
 from scfm.weights.ema import EMA_STARTS
 from scfm.weights.lora import LORA_INITS, LoraSpec
+from scfm.weights.quantize import BASE_QUANTIZATIONS, check_quantization
 
 FINAL_WEIGHTS = ("slow_ema", "fast_ema", "student")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -49,6 +52,9 @@ class DistillConfig:
     """Final learning rate as a fraction of ``lr`` for the decaying schedules, in [0, 1]."""
     weight_decay: float = 0.0
     """AdamW weight decay on the LoRA tensors."""
+    optimizer: str = "adamw"
+    """'adamw' (torch, fp32 moments) or 'adamw8bit' (bitsandbytes' blockwise 8-bit moments: 2 instead of 8 bytes
+    per LoRA weight)."""
     grad_clip: float = 10.0
     """Gradient-norm clip (spec: 10 for Flux, 2 for SD3); 0 turns it off."""
     batch_size: int = 8
@@ -99,6 +105,13 @@ class DistillConfig:
     """Non-finite loss: 'stop' (error, last checkpoint kept) or 'skip' (counted, step dropped)."""
     max_skipped_steps: int = 10
     """With nan_policy='skip', stop after this many skipped steps."""
+    base_quantization: str = "none"
+    """Store the frozen base's Linear weights as 'none' (the model's dtype), 'int8' (torchao, CPU and CUDA),
+    'fp8' (torchao, CUDA compute capability >= 8.9) or 'nf4' (bitsandbytes, CUDA); LoRA stays fp32 on top
+    and the teacher and EMA passes use the same quantized base. Exported LoRAs load on the unquantized model."""
+    offload_ema: bool = False
+    """Keep both EMAs in (pinned) CPU memory and copy each in for its pass: saves 2 fp32 copies of the LoRA on the
+    GPU for 2 host-to-device copies and one device-to-host copy of the LoRA per step."""
     gradient_checkpointing: bool = False
     """Recompute activations in the student's backward (model must support it)."""
     flush_denormal: bool = True
@@ -189,12 +202,33 @@ class DistillConfig:
             raise ValueError(f"nan_policy={self.nan_policy!r} must be one of {NAN_POLICIES}")
         if self.logger not in LOGGERS:
             raise ValueError(f"logger={self.logger!r} must be one of {LOGGERS}")
+        self._validate_memory()
         self._validate_lora()
         self._validate_diffusers()
         if not isinstance(self.plan, PlanConfig):
             raise ValueError(f"plan={self.plan!r} must be a PlanConfig (DistillConfig.from_dict takes a mapping)")
         self.plan.validate()
         return self
+
+    def _validate_memory(self) -> None:
+        """The memory savers' names (what the machine must have for them: :meth:`check_runnable`)."""
+        from scfm.train.optimizers import OPTIMIZERS
+
+        if self.base_quantization not in BASE_QUANTIZATIONS:
+            raise ValueError(f"base_quantization={self.base_quantization!r} must be one of {BASE_QUANTIZATIONS}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r} must be one of {OPTIMIZERS}")
+
+    def check_runnable(self, device: torch.device | str) -> None:
+        """Raise ``ValueError`` (field, value, reason, fix) when this machine cannot train with these settings on
+        ``device``: the quantization's library and device (fp8 and nf4 need CUDA), the optimizer's library.
+        Training calls it before any weight loads; reading a finished run does not need it."""
+        from scfm.train.optimizers import optimizer_problem
+
+        check_quantization(self.base_quantization, device)
+        problem = optimizer_problem(self.optimizer)
+        if problem:
+            raise ValueError(f"optimizer={self.optimizer!r}: {problem}")
 
     def _validate_lora(self) -> None:
         """The ``lora`` section: a positive integer rank, alpha > 0, dropout in [0, 1), at least one target."""

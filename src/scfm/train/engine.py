@@ -19,9 +19,11 @@ from torch import nn
 from scfm.distilled import DistilledModel
 from scfm.train.checkpoint import optimizer_from_tensors, optimizer_to_tensors
 from scfm.train.config import DistillConfig
+from scfm.train.optimizers import make_optimizer
 from scfm.train.step import STEP_CLASSES
 from scfm.weights.ema import FastSlowEMA
 from scfm.weights.lora import attach_lora, init_lora, lora_named_parameters
+from scfm.weights.quantize import quantize_base
 
 
 def world() -> tuple[int, int]:
@@ -97,16 +99,21 @@ class Distiller:
         else None): callbacks such as validation log images through it."""
         if config.flush_denormal and device.type == "cpu":
             torch.set_flush_denormal(True)
+        config.check_runnable(device)
+        self.quantized = quantize_base(model, config.base_quantization, getattr(model, "quantization_exclude", ()))
+        """Names of the base's Linear layers stored quantized (``config.base_quantization``; [] for none)."""
         self.model = attach_lora(model, config.lora)
         init_lora(self.model, torch.Generator().manual_seed(config.seed), config.lora.init)
         named = lora_named_parameters(self.model)
         self.names = [_strip(n) for n, _ in named]
         self.params = [p for _, p in named]
         self.ema = FastSlowEMA(self.names, self.params, config.fast_decay, config.slow_decay, config.ema_init)
+        if config.offload_ema:
+            self.ema.to("cpu", pin_memory=device.type == "cuda")
         self.step_fn = STEP_CLASSES[config.objective](
             self.model, self.params, self.ema, config.plan, config.mixed_precision, config.target_precision
         )
-        self.opt = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.opt = make_optimizer(config.optimizer, self.params, config.lr, config.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.mixed_precision == "fp16")
         self.plan_gen = torch.Generator().manual_seed(config.seed)
@@ -305,13 +312,10 @@ class Distiller:
                     f"{tuple(param.shape)}: was it made for another teacher or another lora.rank?"
                 )
         torch._foreach_copy_(self.params, [lora[n].to(self.device) for n in self.names])
-        self.ema.load_state_dict({k: v.to(self.device) for k, v in groups["ema"].items()})
+        self.ema.load_state_dict(groups["ema"])  # copied onto the EMAs' device (the CPU with offload_ema)
         optimizer_from_tensors(
             self.opt,
-            {
-                k: v.to(self.device) if k.endswith(("exp_avg", "exp_avg_sq")) else v
-                for k, v in groups["optimizer"].items()
-            },
+            {k: v if k.endswith(".step") else v.to(self.device) for k, v in groups["optimizer"].items()},
             meta["optimizer"],
         )
         self.sched.load_state_dict(meta["scheduler"])

@@ -222,6 +222,7 @@ def distill(
     if not matching_modules(teacher, config.lora):
         attach_lora(teacher, config.lora)  # raises the error that lists the Linear names
     device = resolve_device(config.device, teacher)
+    config.check_runnable(device)
     checkpoint = open_resume(config, resume, allow_config_change) if resume is not None else None
     continuing = checkpoint is not None and checkpoint.inside(config.output_dir)
     if overwrite and continuing:

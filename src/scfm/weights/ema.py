@@ -42,8 +42,9 @@ class FastSlowEMA:
 
     @torch.no_grad()
     def update(self, params: Sequence[torch.Tensor]) -> None:
-        """One EMA step towards ``params`` for both copies (``torch._foreach_lerp_``)."""
-        current = [p.detach().float() for p in params]
+        """One EMA step towards ``params`` for both copies (``torch._foreach_lerp_``), on the EMAs' device
+        (the CPU after :meth:`to` ``("cpu")``: the parameters are copied there first)."""
+        current = [p.detach().to(e.device, non_blocking=True).float() for p, e in zip(params, self.fast)]
         torch._foreach_lerp_(self.fast, current, 1.0 - self.fast_decay)
         torch._foreach_lerp_(self.slow, current, 1.0 - self.slow_decay)
 
@@ -73,7 +74,12 @@ class FastSlowEMA:
         torch._foreach_copy_(self.fast, [state[f"fast.{n}"] for n in self.names])
         torch._foreach_copy_(self.slow, [state[f"slow.{n}"] for n in self.names])
 
-    def to(self, device: torch.device | str) -> FastSlowEMA:
+    def to(self, device: torch.device | str, pin_memory: bool = False) -> FastSlowEMA:
+        """Move both copies to ``device``; ``pin_memory`` (CPU only) page-locks them so the copies in and out of
+        a GPU run asynchronously (``offload_ema``)."""
         self.fast = [t.to(device) for t in self.fast]
         self.slow = [t.to(device) for t in self.slow]
+        if pin_memory and torch.device(device).type == "cpu":
+            self.fast = [t.pin_memory() for t in self.fast]
+            self.slow = [t.pin_memory() for t in self.slow]
         return self

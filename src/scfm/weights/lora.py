@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -93,7 +94,9 @@ def attach_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
         )
     model.requires_grad_(False)
     config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=names)
-    inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+    with warnings.catch_warnings():  # on a torchao-quantized base peft warns that merge() would fail; scfm never
+        warnings.filterwarnings("ignore", message=".*get_apply_tensor_subclass.*")  # merges into a quantized base
+        inject_adapter_in_model(config, model, adapter_name=ADAPTER)
     for _, param in lora_named_parameters(model):
         param.data = param.data.float()  # fp32 master weights even on a bf16/fp16 base model
         param.requires_grad_(True)

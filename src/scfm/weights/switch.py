@@ -34,7 +34,7 @@ class WeightSwitch:
         with torch.no_grad():
             torch._foreach_copy_(self._stash, self.params)
             try:
-                torch._foreach_copy_(self.params, list(tensors))
+                torch._foreach_copy_(self.params, list(tensors))  # a CPU copy (offload_ema) is copied in here
                 yield
             finally:
                 torch._foreach_copy_(self.params, self._stash)

@@ -1,0 +1,12 @@
+"""Quiet the import-time logs of the optional quantization libraries (the ``quantization`` extra).
+
+peft and diffusers import torchao and bitsandbytes whenever they are installed. On a machine without
+CUDA, torchao logs a warning per CUDA extension it cannot load, bitsandbytes one for a missing optional
+CPU kernel package, and torch logs deprecations of torchao's enums. None of them concerns what scfm
+runs; real errors (level ERROR) still show.
+"""
+
+import logging
+
+for _name in ("torchao", "bitsandbytes", "torch.utils._pytree"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
