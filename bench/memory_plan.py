@@ -32,12 +32,16 @@ How the numbers are made:
   (:func:`cuda_autocast_rules`), AdamW takes its multi-tensor path (one LoRA-sized temporary), and attention is a
   stand-in with the memory of CUDA's fused (flash) kernel: output and fp32 log-sum-exp saved, an fp32 ``dq``
   accumulator in the backward (:func:`fused_attention`; the test runs it too, against the CPU's fused kernel).
-- *Formulas (estimates)*: quantized bases are not simulated. Their bytes come from :func:`base_bytes`, and their
-  step adds one dequantized bf16 copy of the largest Linear weight (the working buffer of a dequantize-then-matmul
-  layer); activations are those of the bf16 base.
+- *Formulas*: quantized bases are not simulated (fake tensors cannot carry torchao / bitsandbytes weights). Their
+  bytes come from :func:`base_bytes` over exactly the layers scfm's ``base_quantization`` quantizes
+  (:func:`scfm.weights.quantize.quantizable_linears` with the family's ``quantization_exclude``; the int8 count
+  equals the live bytes of a real quantized tiny Flux, tests/test_memory_plan.py), and their step adds one
+  dequantized bf16 copy of the largest Linear weight (the working buffer of a dequantize-then-matmul layer);
+  activations are those of the bf16 base. ``optimizer: adamw8bit`` and ``offload_ema: true`` (the "savers"
+  columns) replace AdamW's two fp32 moments by bitsandbytes' 8-bit state (:func:`adamw8bit_state_bytes`, equal to
+  a real optimizer's, tested) and move both EMAs off the GPU.
 
-``base_quantization`` is not implemented in scfm yet (issue 14): the plan computes the bytes each option would
-take. Not included: the CUDA context and library workspaces, allocator fragmentation (both covered by the 10%
+Not included: the CUDA context and library workspaces, allocator fragmentation (both covered by the 10%
 headroom of the "fits" columns), the text encoders and VAE (scfm distills from a teacher cache, so they never
 enter the training process).
 
@@ -76,6 +80,7 @@ from scfm.train.step import autocast_context
 from scfm.train.yaml_config import load_config
 from scfm.weights.ema import FastSlowEMA
 from scfm.weights.lora import attach_lora, lora_named_parameters
+from scfm.weights.quantize import is_quantizable
 from scfm.weights.switch import WeightSwitch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,6 +217,8 @@ class ParameterCounts:
     """Weights of the largest quantizable Linear layer (its dequantized copy is the working buffer)."""
     lora_params: int
     """LoRA A and B parameters (fp32)."""
+    lora_8bit_state: int
+    """Bytes of bitsandbytes' 8-bit AdamW state for them (:func:`adamw8bit_state_bytes`)."""
     lora_layers: int
 
 
@@ -219,10 +226,13 @@ def count_parameters(adapter: nn.Module, model_dtype: torch.dtype) -> ParameterC
     """:class:`ParameterCounts` of a (meta) adapter with LoRA attached."""
     base = [(n, p) for n, p in adapter.named_parameters() if "lora_" not in n]
     buffers = list(adapter.buffers())
+    exclude = getattr(adapter, "quantization_exclude", ())  # the layers base_quantization quantizes (LoRA on or not)
     linears = [
         m.weight
         for n, m in adapter.named_modules()
-        if isinstance(m, nn.Linear) and "lora_" not in n and m.weight.dtype == model_dtype
+        if "lora_" not in n
+        and is_quantizable(n.removesuffix(".base_layer"), m, exclude)
+        and m.weight.dtype == model_dtype
     ]
     lora = [p for _, p in lora_named_parameters(adapter)]
     return ParameterCounts(
@@ -235,6 +245,7 @@ def count_parameters(adapter: nn.Module, model_dtype: torch.dtype) -> ParameterC
         quantizable_blocks=sum(math.ceil(w.numel() / NF4_BLOCK) for w in linears),
         largest_linear=max((w.numel() for w in linears), default=0),
         lora_params=sum(p.numel() for p in lora),
+        lora_8bit_state=adamw8bit_state_bytes([p.numel() for p in lora]),
         lora_layers=sum(1 for n, _ in lora_named_parameters(adapter) if ".lora_A." in n),
     )
 
@@ -244,8 +255,9 @@ def base_bytes(counts: ParameterCounts, quantization: str) -> int:
     convolutions, modules kept in fp32, buffers) stays as loaded.
 
     - none: as loaded (bf16: 2 B per weight);
-    - int8: 1 B per weight + one bf16 scale per output channel (per-channel absmax, as optimum-quanto / torchao);
-    - fp8 (e4m3): 1 B per weight + one fp32 scale per output channel (row-wise scaling);
+    - int8: 1 B per weight + per output channel one fp32 scale and one int8 zero point (torchao's
+      ``Int8WeightOnlyConfig``);
+    - fp8 (e4m3): 1 B per weight + one fp32 scale per output channel (torchao's row-wise scaling);
     - nf4: 0.5 B per weight + one fp32 absmax per block of 64 weights (bitsandbytes without double quantization:
       0.5625 B per weight; with it, about 0.516).
     """
@@ -254,12 +266,36 @@ def base_bytes(counts: ParameterCounts, quantization: str) -> int:
     if quantization == "none":
         return counts.base_bytes
     if quantization == "int8":
-        return rest + n + 2 * counts.quantizable_rows
+        return rest + n + 5 * counts.quantizable_rows
     if quantization == "fp8":
         return rest + n + 4 * counts.quantizable_rows
     if quantization == "nf4":
         return rest + n // 2 + 4 * counts.quantizable_blocks
     raise ValueError(f"quantization={quantization!r} must be one of {QUANTIZATIONS}")
+
+
+ADAMW8BIT_BLOCK = 256
+"""bitsandbytes' 8-bit optimizer block: one fp32 absmax per 256 values of each moment."""
+ADAMW8BIT_MIN_SIZE = 4096
+"""bitsandbytes keeps fp32 moments for tensors with fewer elements (``min_8bit_size``)."""
+
+
+def adamw8bit_state_bytes(sizes: Sequence[int]) -> int:
+    """Bytes of bitsandbytes' AdamW8bit state for parameters of ``sizes`` elements: two uint8 moments with an fp32
+    absmax per block of 256 and a 256-entry fp32 code book each, or two fp32 moments for a tensor under 4096."""
+    total = 0
+    for n in sizes:
+        if n < ADAMW8BIT_MIN_SIZE:
+            total += 8 * n
+        else:
+            total += 2 * (n + 4 * math.ceil(n / ADAMW8BIT_BLOCK) + 4 * 256)
+    return total
+
+
+def savers_lora_state(memory: StepMemory, counts: ParameterCounts) -> int:
+    """The LoRA state with ``optimizer: adamw8bit`` and ``offload_ema: true``: the simulated state less AdamW's two
+    fp32 moments and both fp32 EMAs, plus the 8-bit optimizer state."""
+    return memory.lora_state - 8 * counts.lora_params - 8 * counts.lora_params + counts.lora_8bit_state
 
 
 def dequantize_buffer(counts: ParameterCounts, quantization: str) -> int:
@@ -573,6 +609,10 @@ class PlanRow:
     step_gib: float
     total_gib: float
     fits: dict[int, bool]
+    savers_lora_state_gib: float
+    """LoRA state with 8-bit AdamW and the EMAs on the CPU (``optimizer: adamw8bit``, ``offload_ema: true``)."""
+    savers_total_gib: float
+    savers_fits: dict[int, bool]
 
 
 def plan_rows(spec: ModelSpec, setting: Setting) -> list[PlanRow]:
@@ -584,6 +624,7 @@ def plan_rows(spec: ModelSpec, setting: Setting) -> list[PlanRow]:
         base = base_bytes(counts, quantization)
         step = memory.step + dequantize_buffer(counts, quantization)
         total = base + memory.lora_state + step
+        savers = base + savers_lora_state(memory, counts) + step
         rows.append(
             PlanRow(
                 model=spec.name,
@@ -597,6 +638,9 @@ def plan_rows(spec: ModelSpec, setting: Setting) -> list[PlanRow]:
                 step_gib=step / GIB,
                 total_gib=total / GIB,
                 fits={card: total <= (1 - HEADROOM) * card * GIB for card in CARDS_GB},
+                savers_lora_state_gib=savers_lora_state(memory, counts) / GIB,
+                savers_total_gib=savers / GIB,
+                savers_fits={card: savers <= (1 - HEADROOM) * card * GIB for card in CARDS_GB},
             )
         )
     return rows
@@ -617,7 +661,12 @@ def _cells(row: PlanRow) -> list[str]:
         f"{row.step_gib:.1f}",
         f"{row.total_gib:.1f}",
         *("yes" if row.fits[card] else "-" for card in CARDS_GB),
+        f"{row.savers_total_gib:.1f} ({_smallest_card(row.savers_fits)})",
     ]
+
+
+def _smallest_card(fits: dict[int, bool]) -> str:
+    return next((f"{c} GB" for c in CARDS_GB if fits[c]), f">{CARDS_GB[-1]}")
 
 
 def _quant_name(quantization: str) -> str:
@@ -636,14 +685,19 @@ def _render(header: Sequence[str], body: Sequence[Sequence[str]], markdown: bool
 
 def format_table(rows: Sequence[PlanRow], markdown: bool = False) -> str:
     """One line per row (GiB; the card columns say whether the total fits with 10% headroom)."""
-    header = [*HEADER, *(f"fits {c} GB" for c in CARDS_GB)]
+    header = [*HEADER, *(f"fits {c} GB" for c in CARDS_GB), "total with savers"]
     return _render(header, [_cells(r) for r in rows], markdown, numeric_from=5)
+
+
+SAVERS_COLUMNS = ("int8", "nf4")
+"""Quantizations the compact table also shows with ``optimizer: adamw8bit`` and ``offload_ema: true``."""
 
 
 def format_compact(rows: Sequence[PlanRow], markdown: bool = False) -> str:
     """One line per rank x size x batch x checkpointing: the LoRA state and the total per quantization (GiB),
     each with the smallest card it fits (10% headroom), '>80' when none."""
     header = ["rank", "size", "batch", "ckpt", "LoRA+EMAs+AdamW", *("total " + _quant_name(q) for q in QUANTIZATIONS)]
+    header += [f"{_quant_name(q)} + savers" for q in SAVERS_COLUMNS]
     groups: dict[tuple, dict[str, PlanRow]] = {}
     for row in rows:
         groups.setdefault((row.rank, row.size, row.batch, row.checkpointing), {})[row.quantization] = row
@@ -652,8 +706,10 @@ def format_compact(rows: Sequence[PlanRow], markdown: bool = False) -> str:
         cells = [str(rank), size, str(batch), "on" if ckpt else "off", f"{by_quant['none'].lora_state_gib:.1f}"]
         for quantization in QUANTIZATIONS:
             row = by_quant[quantization]
-            card = next((f"{c} GB" for c in CARDS_GB if row.fits[c]), f">{CARDS_GB[-1]}")
-            cells.append(f"{row.total_gib:.1f} ({card})")
+            cells.append(f"{row.total_gib:.1f} ({_smallest_card(row.fits)})")
+        for quantization in SAVERS_COLUMNS:
+            row = by_quant[quantization]
+            cells.append(f"{row.savers_total_gib:.1f} ({_smallest_card(row.savers_fits)})")
         body.append(cells)
     return _render(header, body, markdown, numeric_from=4)
 

@@ -156,3 +156,38 @@ def test_cuda_rules_give_fp32_norms_and_bf16_linears_under_autocast():
         assert torch.nn.functional.layer_norm(x, (8,)).dtype == torch.float32
         assert torch.nn.functional.linear(x.float(), weight).dtype == torch.bfloat16
     assert torch.nn.functional.layer_norm(x, (8,)).dtype == torch.bfloat16
+
+
+def test_int8_base_and_8bit_adamw_formulas_equal_what_the_real_run_holds():
+    """The plan's formula rows (an int8 base, bitsandbytes' 8-bit AdamW state) against a real tiny Flux quantized
+    by scfm (bf16, the preset's dtype) and a real optimizer after one step: equal to the byte."""
+    pytest.importorskip("torchao")
+    pytest.importorskip("bitsandbytes")
+    from diffusers import FluxTransformer2DModel
+
+    from scfm.models.flux import FluxAdapter
+    from scfm.train.optimizers import make_optimizer
+    from scfm.weights.lora import attach_lora, lora_named_parameters
+    from scfm.weights.quantize import base_bytes, quantize_base
+
+    plan = load_plan()
+    spec = tiny_flux_spec(plan)
+    config = spec.distill_config(16)
+    meta = plan.build_meta_adapter(spec, config)
+    attach_lora(meta, config.lora)
+    counts = plan.count_parameters(meta, torch.bfloat16)
+
+    real = FluxAdapter(FluxTransformer2DModel(**TINY_FLUX).to(torch.bfloat16))
+    names = quantize_base(real, "int8", FluxAdapter.quantization_exclude)
+    assert "transformer.proj_out" not in names and "transformer.single_transformer_blocks.0.proj_out" in names
+    assert base_bytes(real) == plan.base_bytes(counts, "int8")
+    assert base_bytes(real) < 0.55 * plan.base_bytes(counts, "none")
+
+    attach_lora(real, config.lora)
+    params = [p for _, p in lora_named_parameters(real)]
+    opt = make_optimizer("adamw8bit", params, 1e-4, 0.0)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    state = [v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+    assert sum(t.numel() * t.element_size() for t in state) == counts.lora_8bit_state
