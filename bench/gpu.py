@@ -4,7 +4,9 @@ Measures, in one process on one model: SCFM step time and peak memory against a 
 flow-matching LoRA step (the same engine with fm_ratio = 1), bf16, 512 px (64x64 latents,
 1024 image tokens, 512 text tokens), gradient checkpointing, LoRA rank 64 on the official
 targets, batch 1 and 4; then Euler sampling latency at 3 and 8 steps with the LoRA unfused
-and fused. ``--tiny`` runs the same code on a tiny config (the test suite does, on CPU).
+and fused; then the memory savers (``base_quantization`` int8 / fp8 / nf4 with ``optimizer: adamw8bit``, with and
+without ``offload_ema``) on a fresh model each: base bytes, memory held, peak memory and step time at batch 1.
+``--tiny`` runs the same code on a tiny config (the test suite does, on CPU; fp8 and nf4 rows say why they skip).
 
     python bench/gpu.py                 # on a GPU; prints a table and writes bench/results/gpu.json
     python bench/gpu.py --tiny --json   # CPU smoke run
@@ -147,14 +149,72 @@ def sampling_latency(model, make_batch, step_counts, repeats: int, device) -> li
     return rows
 
 
-def run(tiny: bool, steps: int, warmup: int, repeats: int) -> dict:
+SAVER_SETTINGS = (
+    ("int8 base + 8-bit AdamW", "int8", "adamw8bit", False),
+    ("int8 base + 8-bit AdamW + CPU EMAs", "int8", "adamw8bit", True),
+    ("fp8 base + 8-bit AdamW", "fp8", "adamw8bit", False),
+    ("nf4 base + 8-bit AdamW", "nf4", "adamw8bit", False),
+    ("nf4 base + 8-bit AdamW + CPU EMAs", "nf4", "adamw8bit", True),
+)
+"""(row, base_quantization, optimizer, offload_ema) of the memory-saver rows, all with gradient checkpointing."""
+
+
+def _allocated(device) -> float:
+    return torch.cuda.memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+
+
+def saver_rows(tiny: bool, steps: int, warmup: int, device: torch.device) -> list[dict]:
+    """One row per :data:`SAVER_SETTINGS` entry at batch 1: a fresh model quantized by scfm, the live bytes of its
+    base, GPU memory held before the first step, peak memory and median SCFM step time over ``steps`` steps after
+    ``warmup``. A setting this machine cannot run (fp8 before compute capability 8.9, nf4 on a CPU) gets the reason."""
+    import gc
+
+    from scfm.weights.quantize import base_bytes, quantization_problem
+
+    rows = []
+    for name, quantization, optimizer, offload in SAVER_SETTINGS:
+        problem = quantization_problem(quantization, device)
+        if problem:
+            rows.append({"setting": name, "skipped": problem})
+            continue
+        engine = make_engine(tiny, device, base_quantization=quantization, optimizer=optimizer, offload_ema=offload)
+        gen = torch.Generator().manual_seed(0)
+        _reset_peak(device)
+        held = _allocated(device)
+        times = []
+        for i in range(warmup + steps):
+            batch = batch_of(1, tiny, TINY if tiny else FULL, device, gen)
+            _sync(device)
+            start = time.perf_counter()
+            engine.train_step([batch])
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+        rows.append(
+            {
+                "setting": name,
+                "base_gib": base_bytes(engine.model) / 2**30,
+                "held_gib": held,
+                "peak_gib": _peak(device),
+                "step_s": statistics.median(times),
+            }
+        )
+        del engine
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def make_engine(tiny: bool, device: torch.device, **fields):
+    """A Distiller on a fresh Flux transformer (full size, or the tiny one) with checkpointing, LoRA rank 64 on the
+    official targets (4 when tiny), bf16 autocast on CUDA; ``fields`` are further DistillConfig fields."""
     from scfm.models.flux import FluxAdapter
     from scfm.objective.plans import PlanConfig
     from scfm.train.config import DistillConfig
     from scfm.train.engine import Distiller
     from scfm.weights.lora import LoraSpec
 
-    device = torch.device("cuda" if torch.cuda.is_available() and not tiny else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     adapter = build(tiny, device, dtype)
     if device.type == "cuda" or tiny:
@@ -166,15 +226,26 @@ def run(tiny: bool, steps: int, warmup: int, repeats: int) -> dict:
         plan=PlanConfig(resolution_shift_prob=0.1),
         mixed_precision="bf16" if device.type == "cuda" else "no",
         batch_size=1,
+        **fields,
     ).validate()
-    engine = Distiller(adapter, cfg, device, seq_len_fn=adapter.seq_len)
+    return Distiller(adapter, cfg, device, seq_len_fn=adapter.seq_len)
+
+
+def run(tiny: bool, steps: int, warmup: int, repeats: int) -> dict:
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not tiny else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    engine = make_engine(tiny, device)
+    adapter = engine.model
     gen = torch.Generator().manual_seed(0)
     model_cfg = TINY if tiny else FULL
     make_batch = lambda size: batch_of(size, tiny, model_cfg, device, gen)  # noqa: E731
     costs = step_costs(engine, make_batch, (1, 4) if not tiny else (1, 2), steps, warmup, device)
     result = engine.result()
     latency = sampling_latency(result, make_batch, (3, 8), repeats, device)
-    params = sum(p.numel() for p in adapter.parameters())
+    params = sum(p.numel() for n, p in adapter.named_parameters() if "lora_" not in n)
+    del engine, result, adapter
+    savers = saver_rows(tiny, steps, warmup, device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     return {
         "device": f"{device.type}: {name}",
@@ -185,6 +256,7 @@ def run(tiny: bool, steps: int, warmup: int, repeats: int) -> dict:
         "theoretical_ratio": 5 / 3,
         "steps": costs,
         "sampling": latency,
+        "savers": savers,
     }
 
 
@@ -213,6 +285,15 @@ def main() -> None:
         )
     for r in result["sampling"]:
         print(f"sampling {r['steps']} steps {'fused' if r['fused'] else 'lora '}: {r['seconds']:.3f} s/image")
+    print(f"\nmemory savers, batch 1, checkpointing ({'tiny' if result['tiny'] else '512 px'}):")
+    print(f"{'setting':36} {'base GiB':>9} {'held GiB':>9} {'peak GiB':>9} {'step s':>7}")
+    for r in result["savers"]:
+        if "skipped" in r:
+            print(f"{r['setting']:36} skipped: {r['skipped']}")
+        else:
+            print(
+                f"{r['setting']:36} {r['base_gib']:9.4g} {r['held_gib']:9.2f} {r['peak_gib']:9.2f} {r['step_s']:7.3f}"
+            )
 
 
 if __name__ == "__main__":

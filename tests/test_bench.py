@@ -38,6 +38,9 @@ def test_gpu_bench_runs_at_tiny_size_on_cpu():
         r["scfm_s"] > 0 and r["fm_s"] > 0 for r in result["steps"]
     )
     assert {(r["steps"], r["fused"]) for r in result["sampling"]} == {(3, False), (8, False), (3, True), (8, True)}
+    savers = {r["setting"]: r for r in result["savers"]}  # on a CPU: int8 rows run, fp8 / nf4 say why not
+    assert savers["int8 base + 8-bit AdamW"]["step_s"] > 0 and savers["int8 base + 8-bit AdamW"]["base_gib"] > 0
+    assert all("CUDA" in savers[f"{q} base + 8-bit AdamW"]["skipped"] for q in ("fp8", "nf4"))
 
 
 def test_cost_bench_prints_one_json_object_with_the_ratios():
