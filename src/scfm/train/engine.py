@@ -23,7 +23,7 @@ from scfm.train.optimizers import make_optimizer
 from scfm.train.step import STEP_CLASSES
 from scfm.weights.ema import FastSlowEMA
 from scfm.weights.lora import attach_lora, init_lora, lora_named_parameters
-from scfm.weights.quantize import quantize_base
+from scfm.weights.quantize import base_bytes, quantize_base
 
 
 def world() -> tuple[int, int]:
@@ -100,8 +100,11 @@ class Distiller:
         if config.flush_denormal and device.type == "cpu":
             torch.set_flush_denormal(True)
         config.check_runnable(device)
+        before = base_bytes(model)
         self.quantized = quantize_base(model, config.base_quantization, getattr(model, "quantization_exclude", ()))
         """Names of the base's Linear layers stored quantized (``config.base_quantization``; [] for none)."""
+        self.base_bytes = (before, base_bytes(model) if self.quantized else before)
+        """Live bytes of the frozen base before and after quantization."""
         self.model = attach_lora(model, config.lora)
         init_lora(self.model, torch.Generator().manual_seed(config.seed), config.lora.init)
         named = lora_named_parameters(self.model)

@@ -242,6 +242,12 @@ def distill(
         teacher.enable_gradient_checkpointing()
     seq_len_fn = getattr(teacher, "seq_len", None)
     engine = Distiller(teacher, config, device, seq_len_fn if callable(seq_len_fn) else None)
+    if engine.quantized and progress and engine.rank == 0:
+        before, after = (f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB" for n in engine.base_bytes)
+        print(
+            f"base_quantization={config.base_quantization}: {len(engine.quantized)} Linear layers, "
+            f"frozen base {before} -> {after}"
+        )
     stream, consumed = _prepare_stream(data, engine, checkpoint, teacher, device)
     if config.compile:
         engine.model.forward = torch.compile(engine.model.forward)
