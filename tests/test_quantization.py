@@ -85,6 +85,27 @@ def test_int8_digits_base_holds_under_055_of_its_bf16_bytes_and_stays_close():
     assert (got - ref).norm() / ref.norm() < 0.02  # per-channel int8: about 0.5% here
 
 
+def test_nf4_layers_hold_the_planned_bytes_and_train_a_lora():
+    """The nf4 conversion (refused for runs without CUDA) exercised through bitsandbytes' CPU backend: 0.5 B a
+    weight and an fp32 absmax per 64, as the memory plan counts it; peft's LoRA on top takes gradients."""
+    from scfm.weights.lora import LoraSpec, attach_lora
+    from scfm.weights.quantize import _to_nf4
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
+    x = torch.randn(8, 128)
+    ref = model(x)
+    _to_nf4(model, ["0", "2"])
+    weights = 128 * 256 + 256 * 64
+    biases, code_books = 4 * (256 + 64), 2 * 16 * 4  # fp32 biases; the 16-value nf4 code of each layer
+    assert base_bytes(model) == weights // 2 + 4 * (weights // 64) + biases + code_books
+    with torch.no_grad():
+        assert (model(x) - ref).norm() / ref.norm() < 0.2
+    attach_lora(model, LoraSpec(rank=4, alpha=4.0, targets=("0", "2")))
+    model(x).pow(2).mean().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
+
+
 def test_8bit_adamw_state_round_trips_through_the_checkpoint_format():
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(64, 128)), torch.nn.Parameter(torch.randn(8, 8))]

@@ -134,10 +134,13 @@ def _to_nf4(model: nn.Module, names: Sequence[str]) -> None:
             linear.out_features,
             bias=linear.bias is not None,
             compute_dtype=linear.weight.dtype,
+            compress_statistics=False,  # one fp32 absmax per 64 weights (diffusers' default; the memory plan's)
             quant_type="nf4",
             device="meta",
         )
-        q.weight = bnb.nn.Params4bit(linear.weight.data.cpu(), requires_grad=False, quant_type="nf4")
+        q.weight = bnb.nn.Params4bit(
+            linear.weight.data.cpu(), requires_grad=False, quant_type="nf4", compress_statistics=False
+        )
         if linear.bias is not None:
             q.bias = nn.Parameter(linear.bias.data, requires_grad=False)
         parent_name, _, child = name.rpartition(".")
