@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     if config.output_dir and args.resume is None and not args.overwrite and rank == 0:
         claim_output_dir(config.output_dir)  # another run's folder stops here, before any weights load
     data = build_data(config)  # a cache (and its validation prompts) is checked before any weight loads
-    teacher = build_teacher(config, device)
+    quantized = config.base_quantization != "none"  # then the base reaches the device only as it is quantized
+    teacher = build_teacher(config, None if quantized else device)
     if is_diffusers_teacher(config):  # validation images: the VAE on the main process only
         on_validate = diffusers_validation(config, data, device) if rank == 0 else None
     else:

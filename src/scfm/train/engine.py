@@ -87,7 +87,8 @@ NON_FINITE_FIXES = {
 class Distiller:
     """Holds the one base model with LoRA, both EMAs, optimizer, schedule and generators.
 
-    ``model`` must already be on its device; LoRA is attached here. ``seq_len_fn(x0)``
+    ``model`` must already be on its device, except with ``config.base_quantization``: then it may be on the CPU and
+    each Linear layer is moved to ``device`` as it is quantized. LoRA is attached here. ``seq_len_fn(x0)``
     (optional) gives the token count for the resolution shift.
     """
 
@@ -101,7 +102,8 @@ class Distiller:
             torch.set_flush_denormal(True)
         config.check_runnable(device)
         before = base_bytes(model)
-        self.quantized = quantize_base(model, config.base_quantization, getattr(model, "quantization_exclude", ()))
+        exclude = getattr(model, "quantization_exclude", ())
+        self.quantized = quantize_base(model, config.base_quantization, exclude, device)
         """Names of the base's Linear layers stored quantized (``config.base_quantization``; [] for none)."""
         self.base_bytes = (before, base_bytes(model) if self.quantized else before)
         """Live bytes of the frozen base before and after quantization."""

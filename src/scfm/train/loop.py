@@ -232,7 +232,9 @@ def distill(
         )
     if config.output_dir and not continuing:
         claim_on_all_ranks(config.output_dir, overwrite, device)
-    teacher.to(device).eval()
+    if config.base_quantization == "none":  # a quantized base moves to the device layer by layer as it is quantized
+        teacher.to(device)
+    teacher.eval()
     if config.gradient_checkpointing:
         if not hasattr(teacher, "enable_gradient_checkpointing"):
             raise ValueError(

@@ -44,7 +44,7 @@ class FastSlowEMA:
     def update(self, params: Sequence[torch.Tensor]) -> None:
         """One EMA step towards ``params`` for both copies (``torch._foreach_lerp_``), on the EMAs' device
         (the CPU after :meth:`to` ``("cpu")``: the parameters are copied there first)."""
-        current = [p.detach().to(e.device, non_blocking=True).float() for p, e in zip(params, self.fast)]
+        current = [p.detach().to(e.device).float() for p, e in zip(params, self.fast)]  # blocking: the CPU reads it
         torch._foreach_lerp_(self.fast, current, 1.0 - self.fast_decay)
         torch._foreach_lerp_(self.slow, current, 1.0 - self.slow_decay)
 

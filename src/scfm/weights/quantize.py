@@ -92,15 +92,21 @@ def quantizable_linears(model: nn.Module, exclude: Sequence[str] = ()) -> list[s
 
 
 @torch.no_grad()
-def quantize_base(model: nn.Module, mode: str, exclude: Sequence[str] = ()) -> list[str]:
-    """Quantize ``model``'s Linear weights in place (on the device they are on) before LoRA is attached.
+def quantize_base(
+    model: nn.Module, mode: str, exclude: Sequence[str] = (), device: torch.device | str | None = None
+) -> list[str]:
+    """Quantize ``model``'s Linear weights in place before LoRA is attached, and move it to ``device``.
 
-    ``mode``: one of :data:`BASE_QUANTIZATIONS` ("none" does nothing). ``exclude``: module-name suffixes
-    kept in their dtype (a family's output layers). Returns the names of the quantized layers. The
-    model must be frozen base weights: quantized weights take no gradient.
+    ``mode``: one of :data:`BASE_QUANTIZATIONS` ("none" only moves the model). ``exclude``: module-name
+    suffixes kept in their dtype (a family's output layers). Each Linear goes to ``device`` (None: where it
+    is) just before it is quantized, so a model loaded on the CPU never has its full-precision weights on
+    the GPU at once (FLUX.1's 24 GB of bf16 would not fit the card the int8 base fits). Returns the names
+    of the quantized layers. The model must be frozen base weights: quantized weights take no gradient.
     """
     check_quantization(mode, None)
     if mode == "none":
+        if device is not None:
+            model.to(device)
         return []
     names = quantizable_linears(model, exclude)
     if not names:
@@ -110,25 +116,27 @@ def quantize_base(model: nn.Module, mode: str, exclude: Sequence[str] = ()) -> l
         )
     model.requires_grad_(False)
     if mode == "nf4":
-        _to_nf4(model, names)
+        _to_nf4(model, names, device)
     else:
-        _torchao(model, mode, set(names))
+        _torchao(model, mode, set(names), device)
+    if device is not None:
+        model.to(device)  # the rest (norms, embeddings, excluded layers); quantized layers are there already
     return names
 
 
-def _torchao(model: nn.Module, mode: str, names: set[str]) -> None:
+def _torchao(model: nn.Module, mode: str, names: set[str], device: torch.device | str | None) -> None:
     from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
 
     config = Int8WeightOnlyConfig() if mode == "int8" else Float8WeightOnlyConfig()
-    quantize_(model, config, filter_fn=lambda module, fqn: fqn in names)
+    quantize_(model, config, filter_fn=lambda module, fqn: fqn in names, device=device)  # moves each layer first
 
 
-def _to_nf4(model: nn.Module, names: Sequence[str]) -> None:
+def _to_nf4(model: nn.Module, names: Sequence[str], device: torch.device | str | None = None) -> None:
     import bitsandbytes as bnb
 
     for name in names:
         linear = model.get_submodule(name)
-        device = linear.weight.device
+        device = linear.weight.device if device is None else device
         q = bnb.nn.Linear4bit(
             linear.in_features,
             linear.out_features,
