@@ -117,17 +117,24 @@ def test_plan_predicts_the_measured_peak_of_a_tiny_flux_step_within_15_percent(c
     assert predicted.step > 0.5 * predicted.persistent  # activations matter in this test, not only weights
 
 
+def tiny_flux_counts(plan):
+    """(the tiny Flux preset's config at LoRA rank 16, the plan's counts of it built on the meta device)."""
+    from scfm.weights.lora import attach_lora
+
+    spec = tiny_flux_spec(plan)
+    config = spec.distill_config(16)
+    adapter = plan.build_meta_adapter(spec, config)
+    attach_lora(adapter, config.lora)
+    return config, plan.count_parameters(adapter, torch.bfloat16)
+
+
 def test_counts_come_from_the_model_definition():
     from diffusers import FluxTransformer2DModel
 
     from scfm.weights.lora import attach_lora
 
     plan = load_plan()
-    spec = tiny_flux_spec(plan)
-    config = spec.distill_config(16)
-    adapter = plan.build_meta_adapter(spec, config)
-    attach_lora(adapter, config.lora)
-    counts = plan.count_parameters(adapter, torch.bfloat16)
+    config, counts = tiny_flux_counts(plan)
     real = FluxTransformer2DModel(**TINY_FLUX)
     assert counts.base_params == sum(p.numel() for p in real.parameters())
     assert counts.base_bytes == 2 * counts.base_params
@@ -171,11 +178,7 @@ def test_int8_base_and_8bit_adamw_formulas_equal_what_the_real_run_holds():
     from scfm.weights.quantize import base_bytes, quantize_base
 
     plan = load_plan()
-    spec = tiny_flux_spec(plan)
-    config = spec.distill_config(16)
-    meta = plan.build_meta_adapter(spec, config)
-    attach_lora(meta, config.lora)
-    counts = plan.count_parameters(meta, torch.bfloat16)
+    config, counts = tiny_flux_counts(plan)
 
     real = FluxAdapter(FluxTransformer2DModel(**TINY_FLUX).to(torch.bfloat16))
     names = quantize_base(real, "int8", FluxAdapter.quantization_exclude)
