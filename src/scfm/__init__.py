@@ -11,6 +11,7 @@ import scfm._quiet  # noqa: F401  (first: quiets the optional quantization libra
 from scfm._version import __version__
 from scfm.distilled import DistilledModel
 from scfm.objective.plans import PlanConfig
+from scfm.objective.step_scale import StepScale
 from scfm.sampling import sample, solver_nfe
 from scfm.train.config import DistillConfig
 from scfm.train.loop import distill
@@ -24,6 +25,7 @@ __all__ = [
     "DistilledModel",
     "LoraSpec",
     "PlanConfig",
+    "StepScale",
     "distill",
     "load",
     "sample",

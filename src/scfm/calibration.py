@@ -10,7 +10,7 @@ Calibrate on noise that is not the evaluation noise, so reported numbers stay ho
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,12 +78,15 @@ def calibrate_lora_scales(
     steps: Iterable[int] = (1, 2, 3, 4, 8),
     search: ScaleSearch | None = None,
     progress: bool = False,
+    base_scales: Mapping[int, float] | None = None,
 ) -> ScaleCalibration:
     """For each step count, the LoRA scale with the lowest ``distance`` of ``sampler`` samples.
 
     A local search (``search``; default: from 1.0 in steps of 0.1 within [0, 2]; 0 is the teacher) costs
     3-6 sampler calls per step count instead of a full sweep; the distance as a function of
     the scale is unimodal in every case measured (BENCHMARKS.md). ``progress``: a bar over the step counts.
+    ``base_scales`` {steps: scale}: search multiples of these (a model trained with a step scale,
+    :meth:`DistilledModel.trained_scale`) instead of multiples of 1; the result holds the scales themselves.
     """
     from tqdm.auto import tqdm
 
@@ -95,7 +98,9 @@ def calibrate_lora_scales(
     out = ScaleCalibration()
     with tqdm(steps, desc="LoRA-scale calibration", unit="step count", disable=not progress) as bar:
         for n in bar:
-            tried = _walk(lambda scale, n=n: float(distance(sampler(n, scale))), search)
+            base = float((base_scales or {}).get(n, 1.0))
+            tried = _walk(lambda k, n=n, base=base: float(distance(sampler(n, base * k))), search)
+            tried = {round(base * k, 6): d for k, d in tried.items()}
             out.tried[n] = dict(sorted(tried.items()))
             out.scales[n] = min(tried, key=tried.get)
             bar.set_postfix_str(f"{n} steps: scale {out.scales[n]:g}")
@@ -136,10 +141,12 @@ def calibrate_against_teacher(
     """
     # the bare module at scale 0: the teacher as trained against (guided, even for a baked-CFG student)
     reference = sample(student.model, noise, steps=teacher_steps, shift=shift, lora_scale=0.0, **cond)
+    steps = list(steps)
     return calibrate_lora_scales(
         lambda n, scale: sample(student, noise, steps=n, shift=shift, lora_scale=scale, **cond),
         paired_mse(reference),
         steps=steps,
         search=search,
         progress=progress,
+        base_scales={n: student.trained_scale(n) for n in steps},
     )

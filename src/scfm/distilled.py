@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from scfm.fileio import atomic_save_safetensors, atomic_write_json, load_safetensors
+from scfm.objective.step_scale import StepScale
 from scfm.weights.lora import LoraSpec, attach_lora, fuse_lora, has_lora, load_lora_state_dict, lora_state_dict
 
 LORA_FILE = "lora.safetensors"
@@ -68,6 +69,22 @@ class DistilledModel(nn.Module):
         self.weights = {name: dict(tensors) for name, tensors in (weights or {}).items()}
         self.history = list(history or [])
         self.lora_scales = {int(n): float(s) for n, s in (lora_scales or {}).items()}
+
+    def scale_for_steps(self, steps: int) -> float | None:
+        """The LoRA scale an ``steps``-step sampler uses by default: the calibrated one (``lora_scales``),
+        else the trained step scale ``(ref_steps / steps) ** power`` (config ``step_scale``), else None (1)."""
+        if steps in self.lora_scales:
+            return self.lora_scales[steps]
+        return self.trained_scale(steps) if self.step_scale.enabled else None
+
+    def trained_scale(self, steps: int) -> float:
+        """The LoRA scale the run trained ``steps``-step jumps at: ``step_scale``'s formula, 1 without one."""
+        return float(self.step_scale.for_steps(steps))
+
+    @property
+    def step_scale(self) -> StepScale:
+        """The LoRA strength the run trained each step count at (power 0: one strength for every jump)."""
+        return step_scale_of(self.config)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
         """The student's velocity ``v`` [B, ...] at ``x`` [B, ...], ``t`` [B] in [0, 1] (t = 1 is noise)."""
@@ -131,6 +148,12 @@ class DistilledModel(nn.Module):
     def fuse(self, scale: float = 1.0) -> nn.Module:
         """Merge ``scale`` x the LoRA into the base weights; returns the plain base module (no peft layers)."""
         return fuse_lora(self.model, scale)
+
+
+def step_scale_of(config: Mapping[str, Any]) -> StepScale:
+    """The :class:`StepScale` of a training config mapping (the default, off, when it has none)."""
+    values = config.get("step_scale") or {}
+    return StepScale(**{k: float(v) for k, v in values.items() if k in ("power", "ref_steps")})
 
 
 def read_saved_config(directory: str | os.PathLike) -> dict[str, Any]:

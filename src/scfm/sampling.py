@@ -131,14 +131,15 @@ def sample(
     ``shift`` applies the fixed shift to the grid (None: a diffusers adapter's ``default_shift``,
     the shifted grids its family trains on; 1, no shift, for any other model); ``lora_scale``
     multiplies the LoRA delta of a distilled model (fewer steps often like 1-1.75); left None, a ``DistilledModel`` uses
-    its calibrated scale for ``steps`` (``lora_scales``) if it has one, else 1. ``generator``
+    its calibrated scale for ``steps`` (``lora_scales``) if it has one, else its trained step scale
+    (``step_scale``, when the run used one), else 1. ``generator``
     feeds the re-noising of the stochastic ``consistency`` solver (others ignore it). ``cond`` goes to every model call.
     A ``DistilledModel`` (from :func:`scfm.distill`) can be passed directly.
     """
     _check(solver, steps)
     distilled = isinstance(model, DistilledModel)
     if lora_scale is None and distilled:
-        lora_scale = model.lora_scales.get(steps)
+        lora_scale = model.scale_for_steps(steps)
     scale_ctx = nullcontext()
     if lora_scale is not None:
         if not isinstance(model, nn.Module) or not has_lora(model):

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from scfm.objective.step_scale import StepScale
 from scfm.devices import DTYPES, resolve_device, resolve_dtype
 from scfm.train.config import FINAL_WEIGHTS
 
@@ -81,9 +82,15 @@ class ModelSource:
     scales_from: str = "the run's calibration"
     """Where ``lora_scales`` come from, for messages."""
 
+    step_scale: StepScale = field(default_factory=StepScale)
+    """The LoRA strength the run trained each step count at (built-in runs; off: 1 at every step count)."""
+
     def lora_scale(self, steps: int, given: float | None) -> float:
-        """``given`` (``--lora-scale``) if set, else the calibrated scale for ``steps``, else 1."""
-        return float(given) if given is not None else self.lora_scales.get(steps, 1.0)
+        """``given`` (``--lora-scale``) if set, else the calibrated scale for ``steps``, else the trained step
+        scale (1 for runs without one)."""
+        if given is not None:
+            return float(given)
+        return self.lora_scales.get(steps, float(self.step_scale.for_steps(steps)))
 
     def lora_file(self, tmp: Path) -> Path | None:
         """The LoRA file to load; a run's LoRA copy is exported into ``tmp`` first (loads the run's transformer)."""

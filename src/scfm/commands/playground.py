@@ -137,7 +137,9 @@ def open_playground(args: argparse.Namespace) -> Playground:
             student, config = load_run(run_dir, weights=args.weights)
             weights = args.weights or config.final_weights
             scales = student.lora_scales if weights == student.final_weights else {}
-            source = ModelSource(config.teacher, None, run_dir, weights, lora_scales=scales)
+            source = ModelSource(
+                config.teacher, None, run_dir, weights, lora_scales=scales, step_scale=student.step_scale
+            )
             title = f"run {run_dir} (teacher {config.teacher}, LoRA {weights})"
             return BuiltinPlayground(student.to(device), config, source, title, metrics)
         args = argparse.Namespace(**{**vars(args), "run": run_dir})

@@ -109,10 +109,11 @@ class Playground:
         return self.source.lora_scale(steps, None)
 
     def scale_note(self, steps: int) -> str:
-        calibrated = steps in self.source.lora_scales
-        return (
-            f"{self.source.scales_from} for {steps} steps" if calibrated else f"no calibrated scale for {steps} steps"
-        )
+        if steps in self.source.lora_scales:
+            return f"{self.source.scales_from} for {steps} steps"
+        if self.source.step_scale.enabled:
+            return f"the run's trained step scale for {steps} steps"
+        return f"no calibrated scale for {steps} steps"
 
     def request(self, teacher_steps, student_steps, lora_scale, shift, condition, seed, batch, guidance=(None, None)):
         """A checked :class:`Request` from the page's values; ``ValueError`` names the field that is wrong."""

@@ -22,11 +22,17 @@ VelocityFn = Callable[[torch.Tensor, torch.Tensor, Mapping[str, Any]], torch.Ten
 
 @dataclass
 class VelocitySources:
-    """The three velocity fields a target is built from (see module docstring)."""
+    """The three velocity fields a target is built from (see module docstring).
+
+    ``self_slow``: the source of the second half of the self-branch sub-steps when it is not
+    ``slow`` (None: ``slow``, as the method does); the ablation that lets the teacher compose the
+    coarse jumps sets ``fast`` and ``self_slow`` to the teacher and keeps everything else.
+    """
 
     teacher: VelocityFn
     fast: VelocityFn
     slow: VelocityFn
+    self_slow: VelocityFn | None = None
 
 
 @dataclass
@@ -91,8 +97,11 @@ def shortcut_target(
         if m < half:
             _velocity_on_rows(sources.teacher, plan.is_teacher, x, t, cond, v)
             _velocity_on_rows(sources.fast, plan.is_self, x, t, cond, v)
-        else:
+        elif sources.self_slow is None:
             _velocity_on_rows(sources.slow, shortcut, x, t, cond, v)
+        else:
+            _velocity_on_rows(sources.slow, plan.is_teacher, x, t, cond, v)
+            _velocity_on_rows(sources.self_slow, plan.is_self, x, t, cond, v)
         if m == 0:
             first = v
         dt = broadcast_time(plan.dt[:, m], x)

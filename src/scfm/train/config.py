@@ -19,6 +19,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import torch
 
 from scfm.objective.plans import PlanConfig
+from scfm.objective.step_scale import StepScale
 from scfm.weights.ema import EMA_STARTS
 from scfm.weights.lora import LORA_INITS, LoraSpec
 from scfm.weights.quantize import BASE_QUANTIZATIONS, check_quantization
@@ -33,6 +34,7 @@ DIFFUSERS_PREFIX = "diffusers:"
 CACHE_PREFIX = "cache:"
 LR_SCHEDULES = ("constant", "cosine", "linear")
 OBJECTIVES = ("scfm", "lcm")
+SELF_TARGETS = ("ema", "teacher")
 
 
 @dataclass
@@ -71,6 +73,12 @@ class DistillConfig:
     """Shortcut-plan knobs with the spec's defaults: ``t_skip``, ``teacher_ratio``, ``teacher_min`` /
     ``teacher_max``, ``self_grids``, ``fm_ratio`` (official non_shortcut_ratio), ``shift_range``,
     ``resolution_shift_prob``."""
+    self_targets: str = "ema"
+    """Who composes the self branch's coarse jumps: 'ema' (the method: fast then slow EMA) or 'teacher' (an
+    ablation: the frozen teacher on the same coarse grids, which is also the frozen initial student)."""
+    step_scale: StepScale = field(default_factory=StepScale)
+    """LoRA strength as a known function of the step count, trained in: ``(ref_steps / n) ** power`` for an
+    n-step sampler (``power`` 0, the default, is the published method: one strength for every jump)."""
     # EMAs
     fast_decay: float = 0.99
     slow_decay: float = 0.999
@@ -181,6 +189,17 @@ class DistillConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective={self.objective!r} must be one of {OBJECTIVES}")
+        if self.self_targets not in SELF_TARGETS:
+            raise ValueError(f"self_targets={self.self_targets!r} must be one of {SELF_TARGETS}")
+        if self.step_scale.power != 0 and self.teacher.startswith(DIFFUSERS_PREFIX):
+            raise ValueError(
+                f"step_scale.power={self.step_scale.power} is for built-in and Python-API models so far; "
+                "set step_scale.power: 0 for a diffusers teacher"
+            )
+        if self.objective == "lcm" and self.step_scale.power != 0:
+            raise ValueError(
+                f"step_scale.power={self.step_scale.power} needs objective: scfm (the lcm baseline has no jump sizes)"
+            )
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule={self.lr_schedule!r} must be one of {LR_SCHEDULES}")
         if not 0.0 <= self.lr_final_ratio <= 1.0:
@@ -208,6 +227,9 @@ class DistillConfig:
         if not isinstance(self.plan, PlanConfig):
             raise ValueError(f"plan={self.plan!r} must be a PlanConfig (DistillConfig.from_dict takes a mapping)")
         self.plan.validate()
+        if not isinstance(self.step_scale, StepScale):
+            raise ValueError(f"step_scale={self.step_scale!r} must be a StepScale (from_dict takes a mapping)")
+        self.step_scale.validate()
         return self
 
     def _validate_memory(self) -> None:
@@ -308,7 +330,7 @@ class DistillConfig:
         return cls(**built)
 
 
-SECTIONS: dict[str, type] = {"plan": PlanConfig, "lora": LoraSpec}
+SECTIONS: dict[str, type] = {"plan": PlanConfig, "lora": LoraSpec, "step_scale": StepScale}
 """The DistillConfig fields that are dataclasses of a lower layer; their fields are named ``section.field``."""
 
 LEGACY_FIELDS: dict[str, str] = {

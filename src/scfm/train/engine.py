@@ -116,7 +116,14 @@ class Distiller:
         if config.offload_ema:
             self.ema.to("cpu", pin_memory=device.type == "cuda")
         self.step_fn = STEP_CLASSES[config.objective](
-            self.model, self.params, self.ema, config.plan, config.mixed_precision, config.target_precision
+            self.model,
+            self.params,
+            self.ema,
+            config.plan,
+            config.mixed_precision,
+            config.target_precision,
+            step_scale=config.step_scale,
+            self_targets=config.self_targets,
         )
         self.opt = make_optimizer(config.optimizer, self.params, config.lr, config.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)

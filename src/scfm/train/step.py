@@ -13,8 +13,10 @@ from scfm.objective.consistency import ConsistencyPlan, consistency_target, draw
 from scfm.objective.flow import interpolate
 from scfm.objective.loss import ShortcutLoss, consistency_residual, per_row_mse, scfm_loss
 from scfm.objective.plans import PlanConfig, ShortcutPlan, draw_plan
-from scfm.objective.targets import VelocitySources, shortcut_target
+from scfm.objective.step_scale import StepScale, source_row_scales, student_row_scales
+from scfm.objective.targets import ShortcutTarget, VelocitySources, shortcut_target
 from scfm.weights.ema import FastSlowEMA
+from scfm.weights.lora import row_lora_scale
 from scfm.weights.switch import WeightSwitch
 
 
@@ -50,8 +52,12 @@ class ShortcutStep:
         plan_cfg: PlanConfig,
         mixed_precision: str = "no",
         target_precision: str = "same",
+        step_scale: StepScale | None = None,
+        self_targets: str = "ema",
     ) -> None:
         self.model, self.params, self.ema, self.plan_cfg = model, params, ema, plan_cfg
+        self.step_scale = step_scale if step_scale is not None and step_scale.enabled else None
+        self.self_targets = self_targets
         self.switch = WeightSwitch(model, params)
         self.mixed_precision = mixed_precision
         self.target_precision = mixed_precision if target_precision == "same" else target_precision
@@ -75,21 +81,49 @@ class ShortcutStep:
             return self.model(x, t, **cond).float()
 
     def _teacher(self, x, t, cond):
+        cond = {k: v for k, v in cond.items() if k != ROW_SCALE}  # the teacher has no LoRA to scale
         with self.switch.teacher():
             return self._note("teacher", self._forward(x, t, cond, self.target_precision))
 
     # The EMAs are copies of the student, so they run as the student runs (baked CFG: one unguided pass that
     # has learned the guided velocity). Guiding them again would apply CFG twice to the self targets.
     def _fast(self, x, t, cond):
-        with self.switch.use(self.ema.fast), _student_pass(self.model):
+        cond = dict(cond)
+        rows = cond.pop(ROW_SCALE, None)
+        with self.switch.use(self.ema.fast), _student_pass(self.model), row_lora_scale(self.model, rows):
             return self._note("fast_ema", self._forward(x, t, cond, self.target_precision))
 
     def _slow(self, x, t, cond):
-        with self.switch.use(self.ema.slow), _student_pass(self.model):
+        cond = dict(cond)
+        rows = cond.pop(ROW_SCALE, None)
+        with self.switch.use(self.ema.slow), _student_pass(self.model), row_lora_scale(self.model, rows):
             return self._note("slow_ema", self._forward(x, t, cond, self.target_precision))
 
     def sources(self) -> VelocitySources:
+        if self.self_targets == "teacher":  # ablation: the teacher composes the self rows' coarse jumps
+            return VelocitySources(teacher=self._teacher, fast=self._teacher, slow=self._slow, self_slow=self._teacher)
         return VelocitySources(teacher=self._teacher, fast=self._fast, slow=self._slow)
+
+    def targets(
+        self,
+        x_t: torch.Tensor,
+        x0: torch.Tensor,
+        eps: torch.Tensor,
+        plan: ShortcutPlan,
+        cond: dict[str, Any],
+        sources: VelocitySources | None = None,
+    ) -> ShortcutTarget:
+        """The shortcut targets of a batch (no grad) from ``sources`` (default: this step's own), each row's
+        EMA sub-steps at the LoRA strength of its grid when the run has a step scale."""
+        if self.step_scale is not None:  # objective/step_scale.py
+            cond = {**cond, ROW_SCALE: source_row_scales(plan, self.step_scale).to(x_t.device)}
+        return shortcut_target(x_t, x0, eps, plan, cond, sources or self.sources())
+
+    def student_velocity(self, x_t: torch.Tensor, plan: ShortcutPlan, cond: dict[str, Any]) -> torch.Tensor:
+        """The student's prediction [B, ...] (with grad when enabled), each row at the LoRA strength of its jump."""
+        scales = None if self.step_scale is None else student_row_scales(plan, self.step_scale).to(x_t.device)
+        with _student_pass(self.model), row_lora_scale(self.model, scales):
+            return self._note("prediction", self._forward(x_t, plan.t, cond))
 
     def draw(
         self, size: int, generator: torch.Generator, seq_len: int | None, dtype: torch.dtype, device: torch.device
@@ -101,9 +135,8 @@ class ShortcutStep:
         """Targets (no grad) and the student's loss for x0, eps [B, ...] on the model's device,
         a plan over the same B rows, and cond batched by row."""
         x_t = interpolate(x0, eps, plan.t)
-        target = shortcut_target(x_t, x0, eps, plan, cond, self.sources())
-        with _student_pass(self.model):
-            pred = self._note("prediction", self._forward(x_t, plan.t, cond))
+        target = self.targets(x_t, x0, eps, plan, cond)
+        pred = self.student_velocity(x_t, plan, cond)
         loss = scfm_loss(pred, target.target, plan)
         return StepOutput(
             loss=loss, residual=consistency_residual(target.first_velocity, target.target, plan), batch_size=x0.shape[0]
@@ -135,6 +168,9 @@ class ConsistencyStep(ShortcutStep):
         loss = ShortcutLoss(total=rows.mean(), teacher=rows.detach().mean(), self_=nan, fm=nan, per_row=rows.detach())
         return StepOutput(loss=loss, residual=nan, batch_size=x0.shape[0])
 
+
+ROW_SCALE = "_scfm_row_lora_scale"
+"""Cond key carrying the per-row LoRA scale [B] of the EMA sub-steps into the velocity sources (which remove it)."""
 
 STEP_CLASSES = {"scfm": ShortcutStep, "lcm": ConsistencyStep}
 """Training objectives by config name (``DistillConfig.objective``)."""

@@ -138,6 +138,35 @@ def lora_scale(model: nn.Module, scale: float) -> Iterator[None]:
             layer.scaling.update(scaling)
 
 
+@contextmanager
+def row_lora_scale(model: nn.Module, scales: torch.Tensor | None) -> Iterator[None]:
+    """Multiply the LoRA delta of batch row ``i`` by ``scales[i]`` inside the block (on top of the
+    layers' own scale); None is a no-op.
+
+    scales [B] (any float dtype, on the model's device): every LoRA layer must see the batch as
+    its first dim (B rows), as the built-in and diffusers models do; a layer that sees another
+    leading size raises ``ValueError`` (its rows cannot be matched to samples).
+    """
+    if scales is None:
+        yield
+        return
+
+    def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        if out.shape[0] != scales.shape[0]:
+            raise ValueError(
+                f"a per-row LoRA scale for {scales.shape[0]} rows met a LoRA layer with leading size "
+                f"{out.shape[0]}; step-dependent LoRA scaling needs models whose layers keep the batch first"
+            )
+        return out * scales.to(out.dtype).view(-1, *([1] * (out.dim() - 1)))
+
+    handles = [layer.lora_B[ADAPTER].register_forward_hook(hook) for layer in lora_layers(model)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """LoRA tensors keyed by their module path (``blocks.0.attn.qkv.lora_A.weight``), detached."""
     return {n.replace(f".{ADAPTER}", ""): p.detach() for n, p in lora_named_parameters(model)}
