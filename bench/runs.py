@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -38,6 +39,8 @@ def preset_tag(**changes: Any) -> str:
         where = values[section] if section else values
         if where.get(name) == old_behaviour:
             del where[name]  # a field added after runs were cached, at the value they ran with
+        if section and not where:
+            del values[section]  # a whole section added later, every field at its old behaviour
     blob = json.dumps(values, sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -51,6 +54,9 @@ FIELDS_ADDED_LATER = (
     (None, "base_quantization", "none"),
     (None, "optimizer", "adamw"),
     (None, "offload_ema", False),
+    (None, "self_targets", "ema"),
+    ("step_scale", "power", 0.0),
+    ("step_scale", "ref_steps", 4.0),
 )
 """(section, field, value that reproduces the runs measured before the field existed)."""
 
@@ -93,7 +99,8 @@ def few_shot_source(batch_size: int, seed: int, shots: int, subset_seed: int):
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Train and score one run. ``spec``: overrides (DistillConfig fields by dotted name), seed,
     eval_seed, eval_samples, solver ('euler' or 'consistency'), shots / subset_seed (few-shot),
-    curve_every (0: no training curve; else FD at 2 and 4 steps every that many steps).
+    curve_every (0: no training curve; else FD at 2 and 4 steps every that many steps), probe_every
+    (0: none; else the self-target probe of :mod:`bench.self_probe` every that many steps).
     Besides FD at LoRA scale 1 (final weights and raw student), it reports ``fd_calibrated``:
     Euler with the final weights at the LoRA scale per step count chosen on calibration noise
     exactly as ``scfm demo`` does (``lora_scales``)."""
@@ -116,9 +123,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         data = DigitsBatches(config.batch_size, seed=config.seed)
     curve: list[dict] = []
-    on_validate = _curve_probe(curve, evalset, evaluator) if spec.get("curve_every") else None
-    if on_validate:
-        config.validate_every = spec["curve_every"]
+    probe: list[dict] = []
+    on_validate = _callbacks(spec, config, curve, probe, evalset, evaluator)
     start = time.perf_counter()
     result = scfm.distill(load_shipped_teacher("digits"), data, config, progress=False, on_validate=on_validate)
     seconds = time.perf_counter() - start
@@ -152,8 +158,32 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "train_seconds": round(seconds, 1),
         "seconds": round(time.perf_counter() - start, 1),
         "curve": curve,
-        "history": history if spec.get("curve_every") else [],
+        "probe": probe,
+        "history": history if spec.get("curve_every") or spec.get("probe_every") else [],
     }
+
+
+def _callbacks(spec: dict, config, curve: list[dict], probe: list[dict], evalset, evaluator) -> Callable | None:
+    """The validation callback of a run: the FD curve (``curve_every``) and the self-target probe
+    (``probe_every``, :mod:`bench.self_probe`), each at its own interval; None when neither is asked."""
+    try:
+        from self_probe import self_target_probe  # run as a script from bench/
+    except ImportError:
+        from bench.self_probe import self_target_probe  # imported as the bench package (tests)
+
+    every = {"curve": spec.get("curve_every", 0), "probe": spec.get("probe_every", 0)}
+    calls = {"curve": _curve_probe(curve, evalset, evaluator), "probe": self_target_probe(probe)}
+    active = {name: n for name, n in every.items() if n}
+    if not active:
+        return None
+    config.validate_every = math.gcd(*active.values())
+
+    def on_validate(engine) -> None:
+        for name, n in active.items():
+            if engine.step % n == 0:
+                calls[name](engine)
+
+    return on_validate
 
 
 def _curve_probe(curve: list[dict], evalset, evaluator) -> Callable:

@@ -76,13 +76,15 @@ def test_demo_writes_its_contract_with_calibrated_and_unscaled_student_rows(tmp_
     assert {f"grid_steps{n}.png" for n in STEP_COUNTS} <= files
     rows = json.loads((tmp_path / "demo" / "metrics.json").read_text())["rows"]
     assert rows == metrics["rows"]
-    for model in ("student", "student_scale1"):
+    for model in ("student", "student_uncalibrated"):
         mine = [r for r in rows if r["model"] == model]
         assert [r["steps"] for r in mine] == list(STEP_COUNTS)
         assert all({"solver", "nfe", "fd", "class_acc", "lora_scale"} <= set(r) for r in mine)
     assert [r["lora_scale"] for r in rows if r["model"] == "student"] == [
         metrics["lora_scales"][str(n)] for n in STEP_COUNTS
     ]
+    trained = [r["lora_scale"] for r in rows if r["model"] == "student_uncalibrated"]
+    assert trained == [round((8 / n) ** 0.75, 4) for n in STEP_COUNTS]  # the preset's step scale, no table
     assert scfm.load(tmp_path / "demo" / "lora", load_shipped_teacher()).lora_scales == {
         n: metrics["lora_scales"][str(n)] for n in STEP_COUNTS
     }

@@ -8,7 +8,8 @@ The student is sampled with plain Euler at a LoRA scale per step count (the spec
 knob), chosen after training by :func:`scfm.calibration.calibrate_lora_scales` on
 calibration noise (seed ``CALIBRATION_SEED``) by FD to the 360 held-out digits: never on the
 evaluation noise, never against the training-digit statistics the rows are scored on. The rows
-of the same LoRA at scale 1 are reported too (model ``student_scale1``).
+of the same LoRA without any table are reported too (model ``student_uncalibrated``: each step
+count at the LoRA scale the run trained it at, ``(8 / n) ** 0.75`` for the preset's step scale).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def calibrate_demo_scales(result, evaluator: DigitsEvaluator, samples: int, prog
         lambda images: evaluator.evaluate(images).fd,
         steps=STEP_COUNTS,
         progress=progress,
+        base_scales={n: result.trained_scale(n) for n in STEP_COUNTS},
     )
 
 
@@ -141,9 +143,12 @@ def run_demo(
             {**r, "lora_scale": result.lora_scales[r["steps"]]}  # sample() uses the calibrated scale for each n
             for r in score_rows(result, "student", student_plan(), evalset, evaluator)
         ]
-        rows += [
-            {**r, "lora_scale": 1.0}
-            for r in score_rows(result, "student_scale1", student_plan(), evalset, evaluator, lora_scale=1.0)
+        rows += [  # no table: each step count at the LoRA scale the run trained it at (step_scale)
+            {**r, "lora_scale": round(result.trained_scale(r["steps"]), 4)}
+            for n in STEP_COUNTS
+            for r in score_rows(
+                result, "student_uncalibrated", [("euler", n)], evalset, evaluator, lora_scale=result.trained_scale(n)
+            )
         ]
     result.save(out / "lora")
     with stage("drawing grids and plots", progress):

@@ -17,8 +17,10 @@ def digits_config(overrides: Mapping[str, Any] | None = None, **fields: Any) -> 
     """The `scfm demo` preset for the shipped digits DiT (about 2 minutes of training on 2 CPU cores).
 
     Full-rank LoRA (128), self grids weighted toward 1- and 2-step jumps, one EMA at 0.99 as
-    both fast and slow EMA, cosine learning-rate decay over 300 steps, bf16 target passes;
-    BENCHMARKS.md, "Why the digits preset is what it is", gives the measurements.
+    both fast and slow EMA, cosine learning-rate decay over 300 steps, bf16 target passes, and the
+    LoRA strength trained per step count (``step_scale``: ``(8 / n) ** 0.75`` for n steps);
+    BENCHMARKS.md, "Why the digits preset is what it is" and "Step scale and a fair test of
+    self-distillation", gives the measurements.
     ``overrides`` and then ``fields`` apply over it, by nested, dotted or legacy flat name
     (``digits_config({"lora.rank": 32}, max_steps=100)``), as in :meth:`DistillConfig.from_dict`.
     """
@@ -43,6 +45,7 @@ def digits_config(overrides: Mapping[str, Any] | None = None, **fields: Any) -> 
             "shift_range": (1.0, 1.0),
             "resolution_shift_prob": 0.0,
         },
+        "step_scale": {"power": 0.75, "ref_steps": 8.0},
         "fast_decay": 0.99,
         "slow_decay": 0.99,
         "final_weights": "slow_ema",
