@@ -4,9 +4,9 @@ composes the self targets, and positive once the EMAs have moved."""
 import math
 
 import pytest
+from bench.self_probe import self_target_probe
 
 import scfm
-from bench.self_probe import self_target_probe
 from scfm.data.batches import DigitsBatches
 from scfm.models.builtin import load_shipped_teacher
 from scfm.train.presets import digits_config

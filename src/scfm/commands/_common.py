@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from scfm.objective.step_scale import StepScale
 from scfm.devices import DTYPES, resolve_device, resolve_dtype
+from scfm.objective.step_scale import StepScale
 from scfm.train.config import FINAL_WEIGHTS
 
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
