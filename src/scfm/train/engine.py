@@ -214,8 +214,9 @@ class Distiller:
         self.step_fn.reset_watch()
         totals = None
         for batch in batches:
-            loss, stats = self.micro_loss(batch)
-            self.scaler.scale(loss / len(batches)).backward()
+            with self.step_fn.backward_scope():
+                loss, stats = self.micro_loss(batch)
+                self.scaler.scale(loss / len(batches)).backward()
             stacked = torch.stack([v.float() for v in stats.values()]) / len(batches)
             totals = stacked if totals is None else totals + stacked
         sums = dict(zip(stats.keys(), totals.tolist()))  # one device sync per step for all stats

@@ -16,7 +16,7 @@ from scfm.objective.plans import PlanConfig, ShortcutPlan, draw_plan
 from scfm.objective.step_scale import StepScale, source_row_scales, student_row_scales
 from scfm.objective.targets import ShortcutTarget, VelocitySources, shortcut_target
 from scfm.weights.ema import FastSlowEMA
-from scfm.weights.lora import row_lora_scale
+from scfm.weights.lora import RowLoraScales
 from scfm.weights.switch import WeightSwitch
 
 
@@ -57,6 +57,7 @@ class ShortcutStep:
     ) -> None:
         self.model, self.params, self.ema, self.plan_cfg = model, params, ema, plan_cfg
         self.step_scale = step_scale if step_scale is not None and step_scale.enabled else None
+        self.row_scales = RowLoraScales(model)
         self.self_targets = self_targets
         self.switch = WeightSwitch(model, params)
         self.mixed_precision = mixed_precision
@@ -90,13 +91,13 @@ class ShortcutStep:
     def _fast(self, x, t, cond):
         cond = dict(cond)
         rows = cond.pop(ROW_SCALE, None)
-        with self.switch.use(self.ema.fast), _student_pass(self.model), row_lora_scale(self.model, rows):
+        with self.switch.use(self.ema.fast), _student_pass(self.model), self.row_scales.apply(rows):
             return self._note("fast_ema", self._forward(x, t, cond, self.target_precision))
 
     def _slow(self, x, t, cond):
         cond = dict(cond)
         rows = cond.pop(ROW_SCALE, None)
-        with self.switch.use(self.ema.slow), _student_pass(self.model), row_lora_scale(self.model, rows):
+        with self.switch.use(self.ema.slow), _student_pass(self.model), self.row_scales.apply(rows):
             return self._note("slow_ema", self._forward(x, t, cond, self.target_precision))
 
     def sources(self) -> VelocitySources:
@@ -122,8 +123,14 @@ class ShortcutStep:
     def student_velocity(self, x_t: torch.Tensor, plan: ShortcutPlan, cond: dict[str, Any]) -> torch.Tensor:
         """The student's prediction [B, ...] (with grad when enabled), each row at the LoRA strength of its jump."""
         scales = None if self.step_scale is None else student_row_scales(plan, self.step_scale).to(x_t.device)
-        with _student_pass(self.model), row_lora_scale(self.model, scales):
+        # keep=True: a gradient-checkpointed backward (inside backward_scope) recomputes with the same scales
+        with _student_pass(self.model), self.row_scales.apply(scales, keep=True):
             return self._note("prediction", self._forward(x_t, plan.t, cond))
+
+    def backward_scope(self):
+        """The context the engine runs each micro-batch's loss *and* backward in: with a step scale, the
+        per-row LoRA hooks stay on until the backward is done (checkpointing re-runs the forward there)."""
+        return self.row_scales.attached() if self.step_scale is not None else nullcontext()
 
     def draw(
         self, size: int, generator: torch.Generator, seq_len: int | None, dtype: torch.dtype, device: torch.device

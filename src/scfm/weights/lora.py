@@ -152,12 +152,7 @@ def row_lora_scale(model: nn.Module, scales: torch.Tensor | None) -> Iterator[No
         return
 
     def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
-        if out.shape[0] != scales.shape[0]:
-            raise ValueError(
-                f"a per-row LoRA scale for {scales.shape[0]} rows met a LoRA layer with leading size "
-                f"{out.shape[0]}; step-dependent LoRA scaling needs models whose layers keep the batch first"
-            )
-        return out * scales.to(out.dtype).view(-1, *([1] * (out.dim() - 1)))
+        return _scaled_rows(out, scales)
 
     handles = [layer.lora_B[ADAPTER].register_forward_hook(hook) for layer in lora_layers(model)]
     try:
@@ -165,6 +160,60 @@ def row_lora_scale(model: nn.Module, scales: torch.Tensor | None) -> Iterator[No
     finally:
         for handle in handles:
             handle.remove()
+
+
+class RowLoraScales:
+    """Per-row LoRA scales that stay in force through a backward pass.
+
+    :func:`row_lora_scale` removes its hooks when its block ends, but a gradient-checkpointed
+    backward re-runs the forward later; inside :meth:`attached` the hooks stay on the model and read
+    :attr:`scales` at every call, so :meth:`apply` with ``keep=True`` leaves the student's scales set
+    for that recomputation. Outside :meth:`attached`, :meth:`apply` falls back to :func:`row_lora_scale`.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.scales: torch.Tensor | None = None
+        self._attached = False
+
+    @contextmanager
+    def attached(self) -> Iterator[None]:
+        """Hooks on every LoRA B layer for the block (a forward and its backward); scales cleared after."""
+        handles = [layer.lora_B[ADAPTER].register_forward_hook(self._hook) for layer in lora_layers(self.model)]
+        self._attached = True
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._attached, self.scales = False, None
+
+    @contextmanager
+    def apply(self, scales: torch.Tensor | None, keep: bool = False) -> Iterator[None]:
+        """Run the block with ``scales`` [B] (None: unscaled); ``keep`` leaves them set afterwards."""
+        if not self._attached:
+            with row_lora_scale(self.model, scales):
+                yield
+            return
+        before = self.scales
+        self.scales = scales
+        try:
+            yield
+        finally:
+            if not keep:
+                self.scales = before
+
+    def _hook(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        return out if self.scales is None else _scaled_rows(out, self.scales)
+
+
+def _scaled_rows(out: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    if out.shape[0] != scales.shape[0]:
+        raise ValueError(
+            f"a per-row LoRA scale for {scales.shape[0]} rows met a LoRA layer with leading size "
+            f"{out.shape[0]}; step-dependent LoRA scaling needs models whose layers keep the batch first"
+        )
+    return out * scales.to(out.dtype).view(-1, *([1] * (out.dim() - 1)))
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
