@@ -100,7 +100,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Train and score one run. ``spec``: overrides (DistillConfig fields by dotted name), seed,
     eval_seed, eval_samples, solver ('euler' or 'consistency'), shots / subset_seed (few-shot),
     curve_every (0: no training curve; else FD at 2 and 4 steps every that many steps), probe_every
-    (0: none; else the self-target probe of :mod:`bench.self_probe` every that many steps).
+    (0: none; else the self-target probe of :mod:`bench.self_probe` every that many steps), diversity
+    (precision / recall / class spread of :mod:`bench.diversity`).
     Besides FD at LoRA scale 1 (final weights and raw student), it reports ``fd_calibrated``:
     Euler with the final weights at the LoRA scale per step count chosen on calibration noise
     exactly as ``scfm demo`` does (``lora_scales``)."""
@@ -145,6 +146,12 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     calibrated = [
         score_row(result, "calibrated", "euler", n, evalset, evaluator, lora_scale=scales[n])["fd"] for n in STEPS
     ]
+    diversity = None
+    if spec.get("diversity"):  # precision / recall / class spread at the trained strength (bench/diversity.py)
+        from diversity import measure_diversity
+
+        result.lora_scales = {}
+        diversity = measure_diversity(result, evalset, evaluator)
     history = [
         {k: r[k] for k in ("step", "loss", "loss_teacher", "loss_self", "consistency_residual")} for r in result.history
     ]
@@ -159,6 +166,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - start, 1),
         "curve": curve,
         "probe": probe,
+        "diversity": diversity,
         "history": history if spec.get("curve_every") or spec.get("probe_every") else [],
     }
 

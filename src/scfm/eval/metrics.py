@@ -1,4 +1,4 @@
-"""Sample-quality metrics: Fréchet distance, sliced Wasserstein, class accuracy.
+"""Sample-quality metrics: Fréchet distance, sliced Wasserstein, class accuracy, precision and recall.
 
 Fréchet distance (FD) is computed in float64 from feature means and covariances, like FID,
 but with the shipped digits classifier (:mod:`scfm.eval.features`) in place of Inception.
@@ -136,6 +136,61 @@ def class_accuracy(logits_or_preds: Tensor, labels: Tensor) -> float:
     if labels.shape[0] == 0:
         raise ValueError("labels is empty; class accuracy needs at least one sample")
     return float((preds.to("cpu").long() == labels.to("cpu").long()).double().mean())
+
+
+@dataclass(frozen=True)
+class PrecisionRecall:
+    """Improved precision and recall (Kynkäänniemi et al. 2019), each in [0, 1].
+
+    precision: fraction of generated samples inside the reference manifold (fidelity).
+    recall: fraction of reference samples inside the generated manifold (variety).
+    """
+
+    precision: float
+    recall: float
+
+
+def _knn_radii(feats: Tensor, k: int) -> Tensor:
+    """Distance [N] from each row of ``feats`` [N, F] to its k-th nearest other row."""
+    dist = torch.cdist(feats, feats)
+    return dist.kthvalue(k + 1, dim=1).values  # +1: the row itself at distance 0
+
+
+def _coverage(points: Tensor, centres: Tensor, radii: Tensor) -> float:
+    """Fraction of ``points`` [M, F] inside at least one ball (``centres`` [N, F], ``radii`` [N])."""
+    inside = torch.cdist(points, centres) <= radii[None, :]
+    return float(inside.any(dim=1).double().mean())
+
+
+def precision_recall(reference: ArrayLike, generated: ArrayLike, k: int = 5) -> PrecisionRecall:
+    """Improved precision and recall of ``generated`` [M, F] against ``reference`` [N, F] features.
+
+    Each set's manifold is the union of balls around its samples with the radius to their ``k``-th
+    nearest neighbour in the same set. Compare values only at equal sample counts and ``k``.
+    """
+    ref = torch.from_numpy(_as_float64_2d(reference, "reference"))
+    gen = torch.from_numpy(_as_float64_2d(generated, "generated"))
+    if ref.shape[1] != gen.shape[1]:
+        raise ValueError(f"reference has {ref.shape[1]} features and generated {gen.shape[1]}; they must match")
+    if not 1 <= k < min(ref.shape[0], gen.shape[0]):
+        raise ValueError(f"k={k} must be in [1, {min(ref.shape[0], gen.shape[0]) - 1}] for these sample counts")
+    return PrecisionRecall(
+        precision=_coverage(gen, ref, _knn_radii(ref, k)),
+        recall=_coverage(ref, gen, _knn_radii(gen, k)),
+    )
+
+
+def class_spread(feats: ArrayLike, labels: Tensor) -> float:
+    """Mean over classes of the root-mean-square distance of features [N, F] to their class mean."""
+    arr = torch.from_numpy(_as_float64_2d(feats, "feats"))
+    labels = labels.to("cpu")
+    if labels.ndim != 1 or labels.shape[0] != arr.shape[0]:
+        raise ValueError(f"labels.shape={tuple(labels.shape)} must be [N] with N={arr.shape[0]}")
+    spreads = []
+    for c in labels.unique():
+        rows = arr[labels == c]
+        spreads.append((rows - rows.mean(dim=0)).square().sum(dim=1).mean().sqrt())
+    return float(torch.stack(spreads).mean())
 
 
 @dataclass(frozen=True)
