@@ -16,12 +16,12 @@ Two teachers of architectures the package does not ship, each trained here by pl
 Each is distilled with ``scfm.distill`` (LoRA on every Linear layer) under six settings, 3 training
 seeds each: the README example's settings before issue 15, the spec's EMAs with lr 5e-4 (the second
 setting of the report in the issue), and the settings of the README example as it stands, read from
-README.md, at its ``max_steps``, at 600 steps, with the paper's two EMAs (slow 0.999, which has moved
-by 3000 steps) and with self targets composed by the frozen teacher instead of the EMAs. Every run
-calibrates (the DistillConfig default: a LoRA scale per step count by paired MSE to the teacher on a
-held-out batch); each student is scored with that table and without it (scale 1, or the trained step
-scale for a ``StepScale`` run). Scores use eval noise seed 2025; the README's settings were chosen on
-eval noise seed 999 with training seed 0 (the exploration table in BENCHMARKS.md).
+README.md, at its ``max_steps``, at 600 steps, with the paper's two EMAs (slow 0.999, which has
+moved by 3000 steps) and with self targets composed by the frozen teacher instead of the EMAs. Every
+run calibrates (the DistillConfig default: a LoRA scale per step count by paired MSE to the teacher
+on a held-out batch); each student is scored with that table and without it (scale 1, or the trained
+step scale for a ``StepScale`` run). Scores use eval noise seed 2025; the README's settings were
+chosen on eval noise seed 999 with training seed 0 (the exploration table in BENCHMARKS.md).
 """
 
 from __future__ import annotations
