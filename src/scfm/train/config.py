@@ -42,9 +42,9 @@ class DistillConfig:
     """Defaults are the official Flux.1-dev settings (SCFM_SPEC.md) unless a preset says otherwise.
 
     They suit a large pretrained model and a LoRA of rank 64 or less. For a small model of your own
-    (an MLP or a small DiT trained from scratch) use the README example's settings, measured on a
-    residual MLP on digits, the README's 2-D MLP and the shipped digits DiT (BENCHMARKS.md, "Defaults
-    for a user's own model"): ``lr=1e-3`` with ``warmup_steps=20``, ``lr_schedule="cosine"``,
+    (an MLP or a small DiT trained from scratch) use the README example's settings: the digits DiT
+    preset's recipe, measured on a residual MLP on digits and the README's 2-D MLP (BENCHMARKS.md,
+    "Defaults for a user's own model"): ``lr=1e-3`` with ``warmup_steps=20``, ``lr_schedule="cosine"``,
     ``grad_clip=1.0`` and ``max_steps`` in the thousands; a LoRA rank about half the layer width;
     ``plan=PlanConfig(teacher_ratio=0.2, self_grids=(2, 2, 4, 4, 4, 4, 8), shift_range=(1.0, 1.0),
     resolution_shift_prob=0.0)``; ``step_scale=StepScale(power=0.75, ref_steps=8)``; one EMA decay
